@@ -110,14 +110,16 @@ def round_shift(x, s) -> np.ndarray:
     return np.right_shift(a + half, s)
 
 
-def requantize(acc, m, s, bits: int, signed: bool = True, zero_point=0,
+def requantize(acc, m, s, bits: int, signed: bool = True, zero_point=0, bias=0,
                acc_bits: int = 32, m_bits: int = 16) -> np.ndarray:
-    """``sat(round_shift(acc * m, s) + zero_point)``: the array drain's requantizer.
+    """``sat(round_shift((acc + bias) * m, s) + zero_point)``: the array drain's requantizer.
 
-    ``m`` and ``s`` are integers per output channel (broadcast along the last axis).
-    ``acc`` must fit ``acc_bits`` and ``m`` must fit ``m_bits`` signed.
+    ``bias``, ``m``, ``s`` and ``zero_point`` are integers per output channel (broadcast
+    along the last axis; ``bias`` may also be a full [rows, channels] matrix, e.g. the
+    position embedding folded into the patch embedding). ``acc + bias`` must fit
+    ``acc_bits`` and ``m`` must fit ``m_bits`` signed.
     """
-    acc = check_range(acc, acc_bits, True, "requantize accumulator")
+    acc = check_range(_as_int(acc) + _as_int(bias), acc_bits, True, "requantize accumulator")
     m = check_range(m, m_bits, True, "requantize multiplier")
     return saturate(round_shift(acc * m, s) + _as_int(zero_point), bits, signed)
 
