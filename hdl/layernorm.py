@@ -1,0 +1,381 @@
+"""Shift-LayerNorm unit: integer PTF LayerNorm, bit-exact with :func:`vit2hw.intops.ptf_layernorm`.
+
+Per row of ``C`` input codes ``q`` (``lanes`` per beat, channel ``c`` in lane
+``c % lanes`` of beat ``c // lanes``):
+
+1. *stats pass* — the row is written into an internal row buffer while
+   ``x_c = q_c << alpha_c``, ``S = Σx`` and ``Σx²`` accumulate;
+2. *scalar phase* — ``Q = C·Σx² − S²``; ``r = isqrt(Q)`` by a restoring bit-serial square
+   root (one root bit per cycle, floor-exact); ``e = bit_length(r)``;
+   ``inv = floor(2**(e+15) / r)`` by a 17-cycle restoring divider on the normalized
+   ``r`` (``r == 0`` gives ``inv = 0``);
+3. *output pass* — the buffered row is read back through a 7-register pipeline:
+   ``n = round_shift((C·x − S)·inv, max(e,1) + 4)`` and
+   ``y = sat(round_shift(n·gm_c + bb_c, gs_c) + out_zp, out_bits)``.
+
+The row buffer is free as soon as the last beat of a row enters the output pipeline,
+so the next row's stats pass overlaps the pipeline drain. Timing is data independent
+(:func:`layernorm_cycles`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from vit2hw.intops import LN_NORM_FRAC, LN_RECIP_FRAC
+from hdl.vecops import ceil_log2, const_write_signature, round_shift_expr, saturate_expr
+
+__all__ = [
+    "LN_OUT_PIPELINE_DEPTH",
+    "LN_START_CYCLES",
+    "LN_RECIP_BITS",
+    "layernorm_const_layout",
+    "layernorm_sqrt_bits",
+    "layernorm_cycles",
+    "LayerNormUnit",
+]
+
+#: registers from reading a buffered beat to the output register
+LN_OUT_PIPELINE_DEPTH = 7
+#: cycles from the ``start`` strobe to the first cycle ``i.ready`` can be high
+LN_START_CYCLES = 1
+#: quotient bits of the reciprocal: inv lies in (2**15, 2**16]
+LN_RECIP_BITS = LN_RECIP_FRAC + 2
+#: fixed cycles per row besides the two passes and the square root:
+#: drain + Q + (bit_length, divider set-up) + divider + hand-over to the output pass
+_LN_ROW_OVERHEAD = 1 + 1 + 1 + LN_RECIP_BITS + 1
+
+
+def layernorm_sqrt_bits(max_channels: int, in_bits: int = 8) -> int:
+    """Root bits (= square-root cycles) for rows up to ``max_channels`` of ``in_bits`` codes."""
+    xmax = 1 << (in_bits + 2)            # |q << 3| <= 2**(in_bits-1) * 8
+    qmax = max_channels * max_channels * xmax * xmax
+    return (qmax.bit_length() + 1) // 2
+
+
+def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels: int = 1024,
+                     in_bits: int = 8) -> int:
+    """Cycles from the first accepted input beat to the last output beat (both counted).
+
+    Assumes the input is always valid and the output always ready. Per row:
+    ``C/lanes`` beats in, the scalar phase (``layernorm_sqrt_bits`` + 21 cycles),
+    ``C/lanes`` beats issued to the output pipeline; the last row adds the pipeline depth.
+    """
+    if channels % lanes or channels < 1:
+        raise ValueError("channels must be a positive multiple of lanes")
+    if rows < 1:
+        return 0
+    beats = channels // lanes
+    period = 2 * beats + layernorm_sqrt_bits(max_channels, in_bits) + _LN_ROW_OVERHEAD
+    return rows * period + LN_OUT_PIPELINE_DEPTH
+
+
+def layernorm_const_layout(gm_width: int = 16, bias_width: int = 32,
+                           shift_width: int = 6) -> data.StructLayout:
+    """Word written per channel through ``const_wr`` (fields LSB first: alpha, gm, bb, gs)."""
+    return data.StructLayout({
+        "alpha": unsigned(2),
+        "gm": signed(gm_width),
+        "bb": signed(bias_width),
+        "gs": unsigned(shift_width),
+    })
+
+
+class LayerNormUnit(wiring.Component):
+    """Shift-LayerNorm over rows of up to ``max_channels`` codes, ``lanes`` codes per cycle.
+
+    Parameters
+    ----------
+    lanes : int
+        Codes per beat (a power of two); the row length must be a multiple of it.
+    max_channels : int
+        Row buffer and constant memory depth (multiple of ``lanes``).
+    in_bits : int
+        Width of the signed input codes.
+    out_width : int
+        Width of the signed output lanes (largest ``cfg.out_bits``).
+    gm_width, bias_width, shift_width : int
+        Widths of the per-channel affine constants ``gm`` (signed), ``bb`` (signed), ``gs``.
+    rows_width : int
+        Width of ``cfg.rows``.
+
+    Attributes
+    ----------
+    cfg : In(...)
+        ``channels`` (C, ``lanes``..``max_channels``), ``rows``, ``out_bits`` (1..out_width),
+        ``out_zp``. Sampled on ``start``.
+    start : In(1)
+        Begins an operation of ``rows`` rows; ignored while ``busy``.
+    busy : Out(1)
+        High from the cycle after ``start`` until the last output beat is accepted.
+    i : In(stream.Signature(ArrayLayout(signed(in_bits), lanes)))
+        Each row exactly once, ``C/lanes`` beats per row, rows back to back.
+    o : Out(stream.Signature(ArrayLayout(signed(out_width), lanes)))
+    const_wr : In(const_write_signature(ceil_log2(max_channels), layernorm_const_layout(...)))
+        ``addr`` = channel; word = ``alpha | gm | bb | gs`` (see :func:`layernorm_const_layout`).
+    """
+
+    def __init__(self, lanes: int = 1, max_channels: int = 1024, in_bits: int = 8,
+                 out_width: int = 16, gm_width: int = 16, bias_width: int = 32,
+                 shift_width: int = 6, rows_width: int = 16):
+        if lanes < 1 or lanes & (lanes - 1):
+            raise ValueError("lanes must be a power of two")
+        if max_channels % lanes or max_channels < 2:
+            raise ValueError("max_channels must be a multiple of lanes and at least 2")
+        self.lanes = lanes
+        self.max_channels = max_channels
+        self.in_bits = in_bits
+        self.out_width = out_width
+        self.gm_width = gm_width
+        self.bias_width = bias_width
+        self.shift_width = shift_width
+        self.rows_width = rows_width
+        self.sqrt_bits = layernorm_sqrt_bits(max_channels, in_bits)
+        self.const_layout = layernorm_const_layout(gm_width, bias_width, shift_width)
+        super().__init__({
+            "cfg": In(wiring.Signature({
+                "channels": Out(range(max_channels + 1)),
+                "rows": Out(rows_width),
+                "out_bits": Out(range(out_width + 1)),
+                "out_zp": Out(signed(out_width)),
+            })),
+            "start": In(1),
+            "busy": Out(1),
+            "i": In(stream.Signature(data.ArrayLayout(signed(in_bits), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(out_width), lanes))),
+            "const_wr": In(const_write_signature(ceil_log2(max_channels), self.const_layout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        lane_bits = (L - 1).bit_length()
+        groups = self.max_channels // L
+        wr_bits = self.sqrt_bits
+        cmax = self.max_channels
+        xw = self.in_bits + 3                                   # x = q << alpha, signed
+        sw = xw + ceil_log2(cmax + 1) + 1                       # S, signed
+        ssw = 2 * (xw - 1) + ceil_log2(cmax + 1) + 1            # Σx², unsigned
+        qw = 2 * wr_bits                                        # Q, unsigned
+        dw = xw + ceil_log2(cmax + 1) + 2                       # C·x − S, signed
+        pw = dw + LN_RECIP_BITS + 1                             # (C·x − S)·inv, signed
+        # |C·x_c − S| <= sqrt(C·Q) < 2·sqrt(C)·r, so |n| <= sqrt(C)·2**(NORM_FRAC+1) + 1
+        nw = LN_NORM_FRAC + 1 + math.ceil(math.log2(cmax) / 2) + 2
+        shw = ceil_log2(wr_bits + LN_RECIP_FRAC - LN_NORM_FRAC + 2)
+        tw = nw + self.gm_width
+        uw = max(tw + 1, self.bias_width, (1 << self.shift_width) - 1) + 2
+
+        # ---- operation registers
+        channels = Signal.like(self.cfg.channels)
+        rows_left = Signal(self.rows_width)
+        out_bits = Signal.like(self.cfg.out_bits)
+        out_zp = Signal.like(self.cfg.out_zp)
+        beats = Signal(range(groups + 1))                       # C / lanes
+
+        # ---- memories: row buffer and per-lane constants
+        rowbuf = memory.Memory(shape=data.ArrayLayout(signed(self.in_bits), L), depth=groups, init=[])
+        m.submodules.rowbuf = rowbuf
+        buf_wp = rowbuf.write_port()
+        buf_rp = rowbuf.read_port(domain="comb")
+        k_in, k_out = [], []
+        for lane in range(L):
+            mem = memory.Memory(shape=self.const_layout, depth=groups, init=[])
+            m.submodules[f"const_mem{lane}"] = mem
+            wp = mem.write_port()
+            lane_hit = (self.const_wr.addr[:lane_bits] == lane) if lane_bits else Const(1)
+            m.d.comb += [wp.addr.eq(self.const_wr.addr >> lane_bits), wp.data.eq(self.const_wr.data),
+                         wp.en.eq(self.const_wr.en & lane_hit)]
+            k_in.append(mem.read_port(domain="comb"))
+            k_out.append(mem.read_port(domain="comb"))
+
+        # ---- statistics pass
+        g_in = Signal(range(groups + 1))
+        xa = [Signal(signed(xw), name=f"xa{lane}") for lane in range(L)]
+        xa_valid = Signal()
+        s1 = Signal(signed(sw))
+        s2 = Signal(ssw)
+        in_fire = Signal()
+        m.d.comb += [
+            in_fire.eq(self.i.valid & self.i.ready),
+            buf_wp.addr.eq(g_in), buf_wp.data.eq(self.i.payload), buf_wp.en.eq(in_fire),
+        ]
+        for lane in range(L):
+            m.d.comb += k_in[lane].addr.eq(g_in)
+        m.d.sync += xa_valid.eq(in_fire)
+        with m.If(in_fire):
+            m.d.sync += [xa[lane].eq(self.i.payload[lane] << k_in[lane].data.alpha) for lane in range(L)]
+        sum_x = sum(xa[lane] for lane in range(L))
+        sum_xx = sum(xa[lane] * xa[lane] for lane in range(L))
+
+        # ---- scalar phase registers
+        q = Signal(qw)
+        qsh = Signal(qw)                         # Q shifted left two bits per root step
+        root = Signal(wr_bits)
+        rem = Signal(wr_bits + 2)
+        step = Signal(range(max(wr_bits, LN_RECIP_BITS) + 1))
+        e = Signal(range(wr_bits + 1))
+        rn = Signal(wr_bits)                     # r << (wr_bits − e): leading one at the top
+        drem = Signal(wr_bits + 1)
+        quo = Signal(LN_RECIP_BITS)
+        # values the output pipeline uses, latched when a row's output pass begins
+        s_out = Signal(signed(sw))
+        inv_out = Signal(LN_RECIP_BITS)
+        sh_out = Signal(shw)
+
+        # bit_length(root): index of the leading one plus one
+        # bit_length(root) and its leading zeros, as a mux chain (no process: Icarus
+        # evaluates continuous assignments at time zero, processes only on a change)
+        bitlen_v, lz_v = Const(0, range(wr_bits + 1)), Const(wr_bits, range(wr_bits + 1))
+        for b in range(wr_bits):
+            bitlen_v = Mux(root[b], b + 1, bitlen_v)
+            lz_v = Mux(root[b], wr_bits - 1 - b, lz_v)
+        bitlen = Signal(range(wr_bits + 1))
+        lead_zeros = Signal(range(wr_bits + 1))
+        m.d.comb += [bitlen.eq(bitlen_v), lead_zeros.eq(lz_v)]
+
+        # ---- output pipeline (stalls as a whole when the output is not accepted)
+        depth = LN_OUT_PIPELINE_DEPTH
+        valid = [Signal(name=f"pv{k}") for k in range(depth)]
+        advance = Signal()
+        issue = Signal()
+        g_out = Signal(range(groups + 1))
+        pipe_empty = Signal()
+        m.d.comb += [
+            advance.eq(~valid[-1] | self.o.ready),
+            self.o.valid.eq(valid[-1]),
+            pipe_empty.eq(~Cat(*valid).any()),
+            buf_rp.addr.eq(g_out),
+        ]
+        for lane in range(L):
+            m.d.comb += k_out[lane].addr.eq(g_out)
+        with m.If(advance):
+            m.d.sync += valid[0].eq(issue)
+            m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, depth)]
+
+        for lane in range(L):
+            kr = k_out[lane].data
+            q0 = Signal(signed(self.in_bits), name=f"q0_{lane}")
+            k0 = Signal(self.const_layout, name=f"k0_{lane}")
+            d1 = Signal(signed(dw), name=f"d1_{lane}")
+            k1 = Signal(self.const_layout, name=f"k1_{lane}")
+            p2 = Signal(signed(pw), name=f"p2_{lane}")
+            k2 = Signal(self.const_layout, name=f"k2_{lane}")
+            n3 = Signal(signed(nw), name=f"n3_{lane}")
+            k3 = Signal(self.const_layout, name=f"k3_{lane}")
+            t4 = Signal(signed(tw), name=f"t4_{lane}")
+            k4 = Signal(self.const_layout, name=f"k4_{lane}")
+            u5 = Signal(signed(uw), name=f"u5_{lane}")
+            gs5 = Signal(self.shift_width, name=f"gs5_{lane}")
+            x0 = q0 << k0.alpha
+            with m.If(advance):
+                m.d.sync += [
+                    q0.eq(buf_rp.data[lane]), k0.eq(kr),
+                    d1.eq(channels * x0 - s_out), k1.eq(k0),
+                    p2.eq(d1 * inv_out), k2.eq(k1),
+                    n3.eq(round_shift_expr(p2, sh_out)), k3.eq(k2),
+                    t4.eq(n3 * k3.gm), k4.eq(k3),
+                    u5.eq(t4 + k4.bb + ((Const(1, 1) << k4.gs) >> 1)), gs5.eq(k4.gs),
+                    self.o.payload[lane].eq(saturate_expr((u5 >> gs5) + out_zp, out_bits,
+                                                          self.out_width)),
+                ]
+
+        # ---- control
+        def begin_row():
+            return [g_in.eq(0), s1.eq(0), s2.eq(0)]
+
+        with m.FSM(name="ln") as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [
+                        channels.eq(self.cfg.channels), rows_left.eq(self.cfg.rows),
+                        out_bits.eq(self.cfg.out_bits), out_zp.eq(self.cfg.out_zp),
+                        beats.eq(self.cfg.channels >> lane_bits), *begin_row(),
+                    ]
+                    with m.If(self.cfg.rows != 0):
+                        m.next = "LOAD"
+            with m.State("LOAD"):
+                with m.If(xa_valid):
+                    m.d.sync += [s1.eq(s1 + sum_x), s2.eq(s2 + sum_xx)]
+                with m.If(in_fire):
+                    m.d.sync += g_in.eq(g_in + 1)
+                    with m.If(g_in + 1 == beats):
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                with m.If(xa_valid):
+                    m.d.sync += [s1.eq(s1 + sum_x), s2.eq(s2 + sum_xx)]
+                m.next = "QCALC"
+            with m.State("QCALC"):
+                qv = (channels * s2 - s1 * s1)[:qw]
+                m.d.sync += [q.eq(qv), qsh.eq(qv), root.eq(0), rem.eq(0), step.eq(0)]
+                m.next = "SQRT"
+            with m.State("SQRT"):
+                cand = Cat(qsh[qw - 2:qw], rem)[:wr_bits + 2]       # (rem << 2) | next two bits
+                trial = Cat(Const(1, 2), root)[:wr_bits + 2]        # (root << 2) | 1
+                with m.If(cand >= trial):
+                    m.d.sync += [rem.eq(cand - trial), root.eq(Cat(Const(1, 1), root))]
+                with m.Else():
+                    m.d.sync += [rem.eq(cand), root.eq(Cat(Const(0, 1), root))]
+                m.d.sync += [qsh.eq(qsh << 2), step.eq(step + 1)]
+                with m.If(step == wr_bits - 1):
+                    m.next = "RECIP"
+            with m.State("RECIP"):
+                m.d.sync += [
+                    e.eq(bitlen),
+                    rn.eq(root << lead_zeros),
+                    drem.eq(1 << (wr_bits - 2)),                    # 2**(wr_bits+15) >> 17
+                    quo.eq(0), step.eq(0),
+                ]
+                m.next = "DIV"
+            with m.State("DIV"):
+                twice = Cat(Const(0, 1), drem)
+                with m.If(twice >= rn):
+                    m.d.sync += [drem.eq(twice - rn), quo.eq(Cat(Const(1, 1), quo))]
+                with m.Else():
+                    m.d.sync += [drem.eq(twice), quo.eq(Cat(Const(0, 1), quo))]
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == LN_RECIP_BITS - 1):
+                    m.next = "HANDOVER"
+            with m.State("HANDOVER"):
+                # the previous row's values are in use until its output pipeline drains
+                with m.If(pipe_empty):
+                    m.d.sync += [
+                        s_out.eq(s1),
+                        inv_out.eq(Mux(e == 0, 0, quo)),
+                        sh_out.eq(Mux(e == 0, 1, e) + (LN_RECIP_FRAC - LN_NORM_FRAC)),
+                        g_out.eq(0),
+                    ]
+                    m.next = "OUT"
+            with m.State("OUT"):
+                with m.If(issue):
+                    m.d.sync += g_out.eq(g_out + 1)
+                    with m.If(g_out + 1 == beats):
+                        m.d.sync += [rows_left.eq(rows_left - 1), *begin_row()]
+                        with m.If(rows_left == 1):
+                            m.next = "FINISH"
+                        with m.Else():
+                            m.next = "LOAD"
+            with m.State("FINISH"):
+                with m.If(pipe_empty):
+                    with m.If(self.start):
+                        m.d.sync += [
+                            channels.eq(self.cfg.channels), rows_left.eq(self.cfg.rows),
+                            out_bits.eq(self.cfg.out_bits), out_zp.eq(self.cfg.out_zp),
+                            beats.eq(self.cfg.channels >> lane_bits), *begin_row(),
+                        ]
+                        with m.If(self.cfg.rows != 0):
+                            m.next = "LOAD"
+                        with m.Else():
+                            m.next = "IDLE"
+                    with m.Else():
+                        m.next = "IDLE"
+        # outputs as plain expressions of the state (continuous assignments in Verilog)
+        m.d.comb += [
+            self.i.ready.eq(fsm.ongoing("LOAD")),
+            issue.eq(fsm.ongoing("OUT") & advance),
+            self.busy.eq(~fsm.ongoing("IDLE") & ~(fsm.ongoing("FINISH") & pipe_empty)),
+        ]
+        return m
