@@ -1,0 +1,275 @@
+"""Log-softmax unit: Log-Int-Softmax rows to 4-bit log2 codes, bit-exact with
+:func:`vit2hw.intops.log_int_softmax`.
+
+Per row of ``N`` scores ``t`` (``score·log2 e`` at ``2**-frac``, ``lanes`` per beat,
+element ``j`` in lane ``j % lanes`` of beat ``j // lanes``):
+
+1. *max pass* — the row is written into the row buffer while its maximum accumulates;
+2. *exp pass* — the buffer is read back through a 4-register pipeline computing
+   ``e = int_exp2_neg(t − max)`` (Horner polynomial on the fraction, right shift by the
+   integer part); ``e`` overwrites ``t`` in the buffer and ``total = Σe`` accumulates;
+3. *code pass* — ``k = #{i in 0..14 : 2·total >= (3·e) << i}`` streams out through a
+   2-register pipeline that stalls as a whole on output back-pressure.
+
+A row whose length is not a multiple of ``lanes`` ends with a partial beat: the padding
+lanes (any value) are left out of the maximum and the sum and come out as
+:data:`~vit2hw.intops.LOG2_ZERO_CODE`. The next row's max pass starts as soon as the last
+beat of a row enters the code pipeline. Timing is data independent (:func:`softmax_cycles`).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from vit2hw.intops import EXP2_C1, EXP2_C2, EXP_FRAC, LOG2_CODE_BITS, LOG2_ZERO_CODE, SCORE_FRAC
+from hdl.vecops import ceil_log2, round_shift_expr
+
+__all__ = [
+    "SM_EXP_PIPELINE_DEPTH",
+    "SM_CODE_PIPELINE_DEPTH",
+    "SM_START_CYCLES",
+    "softmax_cycles",
+    "SoftmaxUnit",
+]
+
+#: registers of the exp pass (read → u → Horner step 1 → step 2 → shifted exponential)
+SM_EXP_PIPELINE_DEPTH = 4
+#: registers of the code pass (read → e → code)
+SM_CODE_PIPELINE_DEPTH = 2
+#: cycles from the ``start`` strobe to the first cycle ``i.ready`` can be high
+SM_START_CYCLES = 1
+
+
+def softmax_cycles(n: int, rows: int = 1, lanes: int = 1) -> int:
+    """Cycles from the first accepted input beat to the last output beat (both counted).
+
+    Assumes the input is always valid and the output always ready. Per row of
+    ``B = ceil(n / lanes)`` beats: ``B`` in, ``B`` through the exp pass and its drain,
+    ``B`` issued to the code pass; the last row adds the code pipeline depth.
+    """
+    if n < 1:
+        raise ValueError("row length must be positive")
+    if rows < 1:
+        return 0
+    beats = -(-int(n) // int(lanes))
+    period = 3 * beats + SM_EXP_PIPELINE_DEPTH
+    return rows * period + SM_CODE_PIPELINE_DEPTH
+
+
+class SoftmaxUnit(wiring.Component):
+    """Log-Int-Softmax over rows of up to ``max_len`` scores, ``lanes`` scores per cycle.
+
+    Parameters
+    ----------
+    lanes : int
+        Scores per beat (a power of two).
+    max_len : int
+        Longest row (row buffer depth ``max_len / lanes``; a multiple of ``lanes``).
+    score_bits : int
+        Width of the signed input scores.
+    frac : int
+        Fractional bits of the scores (:data:`~vit2hw.intops.SCORE_FRAC`).
+    rows_width : int
+        Width of ``cfg.rows``.
+
+    Attributes
+    ----------
+    cfg : In(...)
+        ``length`` (N, 1..max_len), ``rows``. Sampled on ``start``.
+    start : In(1)
+        Begins an operation of ``rows`` rows; ignored while ``busy``.
+    busy : Out(1)
+        High from the cycle after ``start`` until the last output beat is accepted.
+    i : In(stream.Signature(ArrayLayout(signed(score_bits), lanes)))
+        ``ceil(N/lanes)`` beats per row, rows back to back.
+    o : Out(stream.Signature(ArrayLayout(unsigned(4), lanes)))
+        Codes ``k`` (probability ``2**-k``; 15 means zero), same beat layout as the input.
+    """
+
+    def __init__(self, lanes: int = 1, max_len: int = 256, score_bits: int = 16,
+                 frac: int = SCORE_FRAC, rows_width: int = 16):
+        if lanes < 1 or lanes & (lanes - 1):
+            raise ValueError("lanes must be a power of two")
+        if max_len % lanes or max_len < 1:
+            raise ValueError("max_len must be a positive multiple of lanes")
+        self.lanes = lanes
+        self.max_len = max_len
+        self.score_bits = score_bits
+        self.frac = frac
+        self.rows_width = rows_width
+        super().__init__({
+            "cfg": In(wiring.Signature({
+                "length": Out(range(max_len + 1)),
+                "rows": Out(rows_width),
+            })),
+            "start": In(1),
+            "busy": Out(1),
+            "i": In(stream.Signature(data.ArrayLayout(signed(score_bits), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(unsigned(LOG2_CODE_BITS), lanes))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        lane_bits = (L - 1).bit_length()
+        groups = self.max_len // L
+        sb = self.score_bits
+        fr = self.frac
+        ew = EXP_FRAC + 1                                       # e in [0, 2**EXP_FRAC]
+        bw = max(sb, ew)                                        # row buffer lane width
+        uw = sb + 1                                             # u = max − t >= 0
+        totw = ew + ceil_log2(self.max_len + 1)
+
+        length = Signal.like(self.cfg.length)
+        rows_left = Signal(self.rows_width)
+        beats = Signal(range(groups + 1))
+
+        buf = memory.Memory(shape=data.ArrayLayout(unsigned(bw), L), depth=groups, init=[])
+        m.submodules.rowbuf = buf
+        wp = buf.write_port()
+        rp = buf.read_port(domain="comb")
+
+        def lane_mask(group: Signal) -> list:
+            base = Cat(Const(0, lane_bits), group) if lane_bits else group
+            return [(base + lane) < length for lane in range(L)]
+
+        # ---- max pass
+        g_in = Signal(range(groups + 1))
+        row_max = Signal(signed(sb))
+        in_fire = Signal()
+        m.d.comb += in_fire.eq(self.i.valid & self.i.ready)
+        beat_max = row_max
+        for lane, ok in enumerate(lane_mask(g_in)):
+            t = self.i.payload[lane]
+            beat_max = Mux(ok & (t > beat_max), t, beat_max)
+
+        # ---- exp pass: 4 registers, no back-pressure (it writes the buffer, not the output)
+        g_rd = Signal(range(groups + 1))
+        m.d.comb += rp.addr.eq(g_rd)
+        x_issue = Signal()
+        xv = [Signal(name=f"xv{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
+        xaddr = [Signal(range(groups), name=f"xaddr{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
+        xmask = [Signal(L, name=f"xmask{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
+        m.d.sync += [xv[0].eq(x_issue), xaddr[0].eq(g_rd), xmask[0].eq(Cat(*lane_mask(g_rd)))]
+        for k in range(1, SM_EXP_PIPELINE_DEPTH):
+            m.d.sync += [xv[k].eq(xv[k - 1]), xaddr[k].eq(xaddr[k - 1]), xmask[k].eq(xmask[k - 1])]
+        total = Signal(totw)
+        e_out = []
+        for lane in range(L):
+            u0 = Signal(uw, name=f"u0_{lane}")
+            t1 = Signal(signed(17), name=f"h1_{lane}")          # C1 + round_shift(C2·r)
+            r1 = Signal(fr, name=f"r1_{lane}")
+            q1 = Signal(uw - fr, name=f"q1_{lane}")
+            p2 = Signal(EXP_FRAC + 1, name=f"p2_{lane}")        # 2**-(r/2**frac) at 2**-15
+            q2 = Signal(uw - fr, name=f"q2_{lane}")
+            e3 = Signal(ew, name=f"e3_{lane}")
+            t_rd = rp.data[lane][:sb].as_signed()
+            m.d.sync += [
+                u0.eq((row_max - t_rd)[:uw]),
+                t1.eq(round_shift_expr(EXP2_C2 * u0[:fr], fr) + EXP2_C1),
+                r1.eq(u0[:fr]), q1.eq(u0[fr:]),
+                p2.eq(round_shift_expr(t1 * r1, fr) + (1 << EXP_FRAC)),
+                q2.eq(q1),
+                e3.eq(Mux(q2 > EXP_FRAC, 0, p2 >> q2[:ceil_log2(EXP_FRAC + 1)]) & xmask[2][lane].replicate(ew)),
+            ]
+            e_out.append(e3)
+        # write e back over t and accumulate the row sum
+        last = SM_EXP_PIPELINE_DEPTH - 1
+        with m.If(xv[last]):
+            m.d.sync += total.eq(total + sum(e_out))
+
+        # ---- code pass: stall-all pipeline
+        advance = Signal()
+        c_issue = Signal()
+        cv = [Signal(name=f"cv{k}") for k in range(SM_CODE_PIPELINE_DEPTH)]
+        cmask = Signal(L)
+        code_empty = Signal()
+        m.d.comb += [
+            advance.eq(~cv[-1] | self.o.ready),
+            self.o.valid.eq(cv[-1]),
+            code_empty.eq(~Cat(*cv).any()),
+        ]
+        with m.If(advance):
+            m.d.sync += [cv[0].eq(c_issue), cv[1].eq(cv[0])]
+        code_total = Signal(totw)                 # the row sum the code pass compares against
+        twice_total = Cat(Const(0, 1), code_total)
+        for lane in range(L):
+            e0 = Signal(ew, name=f"ce0_{lane}")
+            e3x = e0 * 3
+            code = sum((twice_total >= (e3x << i)) for i in range(LOG2_ZERO_CODE))
+            with m.If(advance):
+                m.d.sync += [
+                    e0.eq(rp.data[lane][:ew]),
+                    self.o.payload[lane].eq(Mux(cmask[lane], code, LOG2_ZERO_CODE)),
+                ]
+        with m.If(advance):
+            m.d.sync += cmask.eq(Cat(*lane_mask(g_rd)))
+
+        # ---- buffer write port: max pass writes scores, exp pass writes exponentials
+        scores_in = Cat(*[Cat(self.i.payload[lane], Const(0, bw - sb)) for lane in range(L)])
+        exps = Cat(*[Cat(e, Const(0, bw - ew)) for e in e_out])
+        m.d.comb += [
+            wp.en.eq(in_fire | xv[last]),
+            wp.addr.eq(Mux(xv[last], xaddr[last], g_in)),
+            wp.data.eq(Mux(xv[last], exps, scores_in)),
+        ]
+
+        # ---- control
+        def load_cfg():
+            return [length.eq(self.cfg.length), rows_left.eq(self.cfg.rows),
+                    beats.eq((self.cfg.length + (L - 1)) >> lane_bits), g_in.eq(0),
+                    row_max.eq(-(1 << (sb - 1)))]
+
+        with m.FSM(name="sm") as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += load_cfg()
+                    with m.If(self.cfg.rows != 0):
+                        m.next = "LOAD"
+            with m.State("LOAD"):
+                with m.If(in_fire):
+                    m.d.sync += [g_in.eq(g_in + 1), row_max.eq(beat_max)]
+                    with m.If(g_in + 1 == beats):
+                        m.d.sync += [total.eq(0), g_rd.eq(0)]
+                        m.next = "EXP"
+            with m.State("EXP"):
+                m.d.sync += g_rd.eq(g_rd + 1)
+                with m.If(g_rd + 1 == beats):
+                    m.next = "EXPDRAIN"
+            with m.State("EXPDRAIN"):
+                # the last exponential is written at the end of this cycle once only the
+                # final stage holds data; the code pass may read it from the next cycle on
+                # (and the previous row's codes need ``code_total`` until they drain)
+                with m.If(~Cat(*xv[:-1]).any() & code_empty):
+                    m.d.sync += [g_rd.eq(0), code_total.eq(total + Mux(xv[last], sum(e_out), 0))]
+                    m.next = "CODE"
+            with m.State("CODE"):
+                with m.If(c_issue):
+                    m.d.sync += g_rd.eq(g_rd + 1)
+                    with m.If(g_rd + 1 == beats):
+                        m.d.sync += [rows_left.eq(rows_left - 1), g_in.eq(0),
+                                     row_max.eq(-(1 << (sb - 1)))]
+                        with m.If(rows_left == 1):
+                            m.next = "FINISH"
+                        with m.Else():
+                            m.next = "LOAD"
+            with m.State("FINISH"):
+                with m.If(code_empty):
+                    with m.If(self.start):
+                        m.d.sync += load_cfg()
+                        with m.If(self.cfg.rows == 0):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "LOAD"
+                    with m.Else():
+                        m.next = "IDLE"
+
+        m.d.comb += [
+            self.i.ready.eq(fsm.ongoing("LOAD")),
+            x_issue.eq(fsm.ongoing("EXP")),
+            c_issue.eq(fsm.ongoing("CODE") & advance),
+            self.busy.eq(~fsm.ongoing("IDLE") & ~(fsm.ongoing("FINISH") & code_empty)),
+        ]
+        return m
