@@ -1,0 +1,195 @@
+"""Lowering: a QuantPlan plus the float model → an integer QuantizedGraph.
+
+This is the only place where real-valued scales turn into integer multipliers,
+shifts, biases and tables (all through the ``choose_*``/``build_*`` helpers of
+:mod:`vit2hw.intops`). Zero points of Linear inputs are folded into the int32 bias;
+the position embedding becomes a per-token bias of the patch embedding and the class
+token a constant row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from calib.plan import ActQuant, QuantPlan
+from vit2hw import intops as I
+from vit2hw.graph import GRAPH_VERSION, Node, QuantizedGraph, TensorSpec
+
+__all__ = ["lower_plan", "LoweringError"]
+
+_LOG2E = 1.0 / math.log(2.0)
+MULT_BITS = 16
+MAX_SHIFT = 40
+
+
+class LoweringError(ValueError):
+    """The plan cannot be represented by the integer contract (e.g. a constant overflows)."""
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    erf = np.vectorize(math.erf)
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def spec_of(name: str, shape: tuple[int, ...], q: ActQuant) -> TensorSpec:
+    if q.kind == "ptf":
+        return TensorSpec(name, shape, q.bits, True, tuple(float(s) for s in q.channel_scale()), 0, "ptf",
+                          tuple(int(a) for a in q.alpha))
+    if q.kind == "log2":
+        return TensorSpec(name, shape, q.bits, False, tuple(float(s) for s in np.atleast_1d(q.scale)), 0, "log2")
+    return TensorSpec(name, shape, q.bits, True, tuple(float(s) for s in np.atleast_1d(q.scale)), int(q.zero_point))
+
+
+def _mult(ratio) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        return I.choose_multiplier(ratio, MULT_BITS, MAX_SHIFT)
+    except ValueError as exc:
+        raise LoweringError(str(exc)) from None
+
+
+def _check_int32(x: np.ndarray, what: str) -> np.ndarray:
+    try:
+        return I.check_range(x, 32, True, what)
+    except I.IntegerRangeError as exc:
+        raise LoweringError(str(exc)) from None
+
+
+def _linear_consts(plan: QuantPlan, layer: str, xin: TensorSpec, out: TensorSpec,
+                   extra_bias: np.ndarray | None = None, log2_input=None) -> dict[str, np.ndarray]:
+    """Integer weight [K, M], int32 bias, and per-column (m, s) of one Linear layer."""
+    wq = plan.weights[layer]
+    s_w = wq.scale  # [M]
+    b = np.asarray(plan.biases[layer], np.float64)
+    if extra_bias is not None:
+        b = b[None, :] + extra_bias
+    w_int = wq.q.T.astype(np.int64)  # [K, M]
+    if log2_input is not None:
+        # Shift-Log2 input: real x = 2**-k·scale − shift, codes enter as w << (Z−1−k)
+        from calib.adfq import log2_linear_terms
+        acc_scale, bias_int = log2_linear_terms(log2_input, w_int, s_w, b)
+    else:
+        s_x = float(xin.scale[0])
+        acc_scale = s_x * s_w
+        bias_int = np.rint(b / acc_scale) - xin.zero_point * w_int.sum(axis=0)
+    m, s = _mult(acc_scale / out.scale_array)
+    m = np.broadcast_to(m, (w_int.shape[1],)).copy()
+    s = np.broadcast_to(s, (w_int.shape[1],)).copy()
+    return {"weight": w_int, "bias": _check_int32(bias_int.astype(np.int64), f"{layer} bias"), "m": m, "s": s}
+
+
+def _residual_consts(a: TensorSpec, b: TensorSpec, out: TensorSpec) -> dict[str, np.ndarray]:
+    c = out.shape[-1]
+    so = np.broadcast_to(out.scale_array, (c,))
+    ra = np.broadcast_to(a.scale_array, (c,)) / so
+    rb = np.broadcast_to(b.scale_array, (c,)) / so
+    _, sa = _mult(ra)
+    _, sb = _mult(rb)
+    s = np.minimum(sa, sb)
+    ma = np.rint(ra * np.exp2(s)).astype(np.int64)
+    mb = np.rint(rb * np.exp2(s)).astype(np.int64)
+    bias = -(a.zero_point * ma + b.zero_point * mb)
+    return {"ma": ma, "mb": mb, "bias": bias.astype(np.int64), "s": s.astype(np.int64)}
+
+
+def _layernorm_consts(ln, xin: TensorSpec, out: TensorSpec) -> dict[str, np.ndarray]:
+    gamma = ln.weight.detach().double().numpy()
+    beta = ln.bias.detach().double().numpy()
+    s_out = float(out.scale[0])
+    gm, gs = _mult(gamma / (s_out * 2.0 ** I.LN_NORM_FRAC))
+    bb = np.rint(beta / s_out * np.exp2(gs)).astype(np.int64)
+    return {"alpha": np.asarray(xin.alpha, np.int64), "gm": gm, "gs": gs, "bb": bb}
+
+
+def lower_plan(plan: QuantPlan, model, spec) -> QuantizedGraph:
+    """Build the integer graph of ``model`` quantized by ``plan``."""
+    A = plan.acts
+    depth, d = len(model.blocks), model.pos_embed.shape[-1]
+    p = spec.patch_size
+    n_patch = (spec.img_size // p) ** 2
+    n_tok = n_patch + 1
+    g = QuantizedGraph({
+        "version": GRAPH_VERSION, "model": spec.name, "method": plan.method, "res_bits": plan.res_bits,
+        "module_bits": {k: list(v) for k, v in plan.module_bits.items()},
+        "img_size": spec.img_size, "patch_size": p, "in_chans": spec.in_chans, "embed_dim": d,
+        "depth": depth, "num_heads": model.blocks[0].attn.num_heads, "num_classes": spec.num_classes,
+        "tokens": n_tok, "notes": {k: v for k, v in plan.notes.items() if isinstance(v, (int, float, str))},
+    })
+    img = g.add_input(TensorSpec("image", (spec.in_chans, spec.img_size, spec.img_size), 8, True, (1.0,), -128))
+    patches = g.add_node(Node("patchify", "patchify", [img], "patches", {"patch": p}, module="patch_embed"),
+                         TensorSpec("patches", (n_patch, spec.in_chans * p * p), 8, True, (1.0,), -128))
+    x_spec = spec_of("patch_embed.out", (n_patch, d), A["blocks.0.norm1.in"])
+    pos = model.pos_embed.detach().double().numpy()[0]
+    consts = _linear_consts(plan, "patch_embed", g.tensors[patches], x_spec, extra_bias=pos[1:])
+    x = g.add_node(Node("patch_embed", "linear", [patches], x_spec.name, {"w_bits": plan.weights["patch_embed"].bits},
+                        consts, "patch_embed"), x_spec)
+    cls = model.cls_token.detach().double().numpy()[0, 0] + pos[0]
+    x = g.add_node(Node("cls_token", "prepend_row", [x], "blocks.0.norm1.in", {},
+                        {"row": A["blocks.0.norm1.in"].quantize_np(cls)}, "patch_embed"),
+                   spec_of("blocks.0.norm1.in", (n_tok, d), A["blocks.0.norm1.in"]))
+
+    def linear(name, layer, xin, out_point, shape, module, extra=None):
+        out = spec_of(out_point, shape, A[out_point])
+        xs = g.tensors[xin]
+        log2_in = A[xin] if xs.kind == "log2" else None
+        c = _linear_consts(plan, layer, xs, out, extra, log2_in)
+        attrs = {"w_bits": plan.weights[layer].bits, "mode": "log2" if log2_in is not None else "int"}
+        return g.add_node(Node(name, "linear", [xin], out_point, attrs, c, module), out)
+
+    for i, blk in enumerate(model.blocks):
+        b = f"blocks.{i}"
+        heads, hd = blk.attn.num_heads, d // blk.attn.num_heads
+        xin = x
+        ln1 = spec_of(f"{b}.norm1.out", (n_tok, d), A[f"{b}.norm1.out"])
+        h = g.add_node(Node(f"{b}.norm1", "layernorm", [xin], ln1.name, {},
+                            _layernorm_consts(blk.norm1, g.tensors[xin], ln1), f"{b}.attn"), ln1)
+        q, k, v = (linear(f"{b}.attn.{t}", f"{b}.attn.{t}", h, f"{b}.attn.{t}", (n_tok, d), f"{b}.attn") for t in "qkv")
+        sq, sk = float(g.tensors[q].scale[0]), float(g.tensors[k].scale[0])
+        m, s = _mult(sq * sk * hd ** -0.5 * _LOG2E * (1 << I.SCORE_FRAC))
+        scores = g.add_node(Node(f"{b}.attn.qk", "matmul_qk", [q, k], f"{b}.attn.scores", {"heads": heads},
+                                 {"m": m.reshape(1), "s": s.reshape(1)}, f"{b}.attn"),
+                            TensorSpec(f"{b}.attn.scores", (heads, n_tok, n_tok), 16, True,
+                                       (1.0 / (_LOG2E * (1 << I.SCORE_FRAC)),)))
+        codes = g.add_node(Node(f"{b}.attn.softmax", "log_softmax", [scores], f"{b}.attn.probs",
+                                {"frac": I.SCORE_FRAC}, {}, f"{b}.attn"),
+                           TensorSpec(f"{b}.attn.probs", (heads, n_tok, n_tok), I.LOG2_CODE_BITS, False, (1.0,),
+                                      0, "log2"))
+        ao = spec_of(f"{b}.attn.out", (n_tok, d), A[f"{b}.attn.out"])
+        ratio = float(g.tensors[v].scale[0]) * 2.0 ** -I.ATTN_SHIFT / ao.scale_array
+        m, s = _mult(np.broadcast_to(ratio, (d,)))
+        o = g.add_node(Node(f"{b}.attn.av", "attn_v", [codes, v], ao.name, {"heads": heads},
+                            {"m": m, "s": s}, f"{b}.attn"), ao)
+        y = linear(f"{b}.attn.proj", f"{b}.attn.proj", o, f"{b}.attn.proj.out", (n_tok, d), f"{b}.attn")
+        mid = spec_of(f"{b}.norm2.in", (n_tok, d), A[f"{b}.norm2.in"])
+        x = g.add_node(Node(f"{b}.attn.residual", "residual_add", [xin, y], mid.name, {},
+                            _residual_consts(g.tensors[xin], g.tensors[y], mid), f"{b}.attn"), mid)
+        ln2 = spec_of(f"{b}.norm2.out", (n_tok, d), A[f"{b}.norm2.out"])
+        h = g.add_node(Node(f"{b}.norm2", "layernorm", [x], ln2.name, {},
+                            _layernorm_consts(blk.norm2, mid, ln2), f"{b}.mlp"), ln2)
+        hidden = blk.mlp.fc1.weight.shape[0]
+        f1 = linear(f"{b}.mlp.fc1", f"{b}.mlp.fc1", h, f"{b}.mlp.fc1.out", (n_tok, hidden), f"{b}.mlp")
+        gs_in, gq = g.tensors[f1], A[f"{b}.mlp.gelu.out"]
+        if gq.kind == "log2":
+            from calib.adfq import shift_log2_lut
+            table = shift_log2_lut(gs_in, gq)
+        else:
+            table = I.build_lut(_gelu, gs_in.bits, float(gs_in.scale[0]), gs_in.zero_point, gq.bits,
+                                float(gq.scale[0]), int(gq.zero_point))
+        ge = g.add_node(Node(f"{b}.mlp.gelu", "lut", [f1], f"{b}.mlp.gelu.out", {"fn": "gelu"}, {"table": table},
+                             f"{b}.mlp"), spec_of(f"{b}.mlp.gelu.out", (n_tok, hidden), gq))
+        y = linear(f"{b}.mlp.fc2", f"{b}.mlp.fc2", ge, f"{b}.mlp.fc2.out", (n_tok, d), f"{b}.mlp")
+        nxt = f"blocks.{i + 1}.norm1.in" if i + 1 < depth else "norm.in"
+        xo = spec_of(nxt, (n_tok, d), A[nxt])
+        x = g.add_node(Node(f"{b}.mlp.residual", "residual_add", [x, y], xo.name, {},
+                            _residual_consts(mid, g.tensors[y], xo), f"{b}.mlp"), xo)
+    xs = g.tensors[x]
+    cls_in = g.add_node(Node("take_cls", "take_rows", [x], "norm.in.cls", {"start": 0, "count": 1}, {}, "head"),
+                        TensorSpec("norm.in.cls", (1, d), xs.bits, True, xs.scale, 0, "ptf", xs.alpha))
+    no = spec_of("norm.out", (1, d), A["norm.out"])
+    h = g.add_node(Node("norm", "layernorm", [cls_in], no.name, {},
+                        _layernorm_consts(model.norm, g.tensors[cls_in], no), "head"), no)
+    logits = linear("head", "head", h, "head.out", (1, spec.num_classes), "head")
+    g.mark_output(logits)
+    g.validate()
+    return g
