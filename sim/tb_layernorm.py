@@ -124,3 +124,19 @@ async def cycle_model(dut):
             want = layernorm_cycles(c, rows, lanes, cmax, p["in_bits"])
             assert trace.in_cycles[0] == LN_START_CYCLES, trace.in_cycles[0]
             assert trace.cycles == want, f"C={c} rows={rows}: measured {trace.cycles}, model {want}"
+
+
+@cocotb.test()
+async def normalized_values_exposed(dut):
+    """With gm = 1, gs = 0, bb = 0 the output is n itself: isqrt/reciprocal exact on rows of every spread."""
+    p = _p()
+    nrng = np.random.default_rng(p["seed"] + 3)
+    await reset_unit(dut)
+    c = p["max_channels"]
+    lo, hi = intops.int_range(p["in_bits"])
+    spreads = [0.3, 0.6, 1, 2, 4, 8, 16, 40, 80, 128]
+    q = np.concatenate([np.rint(nrng.normal(nrng.integers(-60, 60), s, (2, c))) for s in spreads])
+    q = q.clip(lo, hi).astype(np.int64)
+    ones, zero = np.ones(c, np.int64), np.zeros(c, np.int64)
+    for alpha in (nrng.integers(0, 4, c), np.full(c, 3, np.int64)):
+        await ln_op(dut, p, q, alpha, ones, zero, zero, 16, 0)
