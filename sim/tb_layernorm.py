@@ -136,7 +136,10 @@ async def normalized_values_exposed(dut):
     lo, hi = intops.int_range(p["in_bits"])
     spreads = [0.3, 0.6, 1, 2, 4, 8, 16, 40, 80, 128]
     q = np.concatenate([np.rint(nrng.normal(nrng.integers(-60, 60), s, (2, c))) for s in spreads])
-    q = q.clip(lo, hi).astype(np.int64)
+    # ±v rows give Q = (C·v)², so r = C·v is a power of two for power-of-two C and v
+    # (the divider's exact-quotient case inv = 2**16)
+    sym = np.stack([np.resize([v, -v], c) for v in (1, 2, 3, 16, 64, 127)])
+    q = np.concatenate([q.clip(lo, hi), sym]).astype(np.int64)
     ones, zero = np.ones(c, np.int64), np.zeros(c, np.int64)
     for alpha in (nrng.integers(0, 4, c), np.full(c, 3, np.int64)):
         await ln_op(dut, p, q, alpha, ones, zero, zero, 16, 0)
