@@ -28,7 +28,7 @@ def realistic_affine(nrng, c: int, out_scale: float = 0.05):
     gamma = nrng.normal(1.0, 0.3, c)
     beta = nrng.normal(0.0, 0.5, c)
     ratio = gamma / (2.0 ** intops.LN_NORM_FRAC * out_scale)
-    gm, gs = intops.choose_multiplier(ratio, 16, 40)
+    gm, gs = intops.choose_multiplier(ratio, 16, 24)   # gs capped so bb fits 32 bits
     bb = np.rint(beta / out_scale * 2.0 ** gs).astype(np.int64)
     return gm, gs, bb
 
@@ -139,7 +139,15 @@ async def normalized_values_exposed(dut):
     # ±v rows give Q = (C·v)², so r = C·v is a power of two for power-of-two C and v
     # (the divider's exact-quotient case inv = 2**16)
     sym = np.stack([np.resize([v, -v], c) for v in (1, 2, 3, 16, 64, 127)])
-    q = np.concatenate([q.clip(lo, hi), sym]).astype(np.int64)
+    # two-spike rows [a, -b, 0, ...] whose root is a power of two: large |C·x − S| with
+    # the divider's exact-quotient case
+    a, b = np.meshgrid(np.arange(1, hi + 1), np.arange(0, hi + 1), indexing="ij")
+    spikes = np.zeros((a.size, c), np.int64)
+    spikes[:, 0], spikes[:, 1] = a.reshape(-1), -b.reshape(-1)
+    r = intops.isqrt(intops.layernorm_stats(spikes)[1]).reshape(-1)
+    pow2 = spikes[(r > 0) & ((r & (r - 1)) == 0)]
+    pow2 = pow2[np.linspace(0, len(pow2) - 1, min(12, len(pow2))).astype(int)]
+    q = np.concatenate([q.clip(lo, hi), sym, pow2]).astype(np.int64)
     ones, zero = np.ones(c, np.int64), np.zeros(c, np.int64)
-    for alpha in (nrng.integers(0, 4, c), np.full(c, 3, np.int64)):
+    for alpha in (nrng.integers(0, 4, c), np.full(c, 3, np.int64), np.zeros(c, np.int64)):
         await ln_op(dut, p, q, alpha, ones, zero, zero, 16, 0)

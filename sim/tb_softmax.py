@@ -65,7 +65,10 @@ async def random_rows(dut):
     nrng = np.random.default_rng(p["seed"])
     await reset_unit(dut)
     nmax = p["max_len"]
-    for n, rows, sigma in ((nmax, 3, 2.0), (nmax - 1, 2, 0.5), (max(1, nmax // 2 + 1), 2, 6.0)):
+    cases = [(nmax, 3, 2.0), (nmax - 1, 2, 0.5), (max(1, nmax // 2 + 1), 2, 6.0)]
+    if nmax >= 197:
+        cases.append((197, 2, 3.0))                   # DeiT: 196 patches + class token
+    for n, rows, sigma in cases:
         await sm_op(dut, p, realistic_scores(nrng, rows, n, sigma), nrng, rng, 0.3)
     await sm_op(dut, p, nrng.integers(-32768, 32768, (2, nmax)), nrng, rng, 0.3)
     await sm_op(dut, p, nrng.integers(-3000, 3000, (2, nmax)), nrng, rng, 0.3)

@@ -36,6 +36,13 @@ def test_layernorm_unit_bit_exact_and_cycles(tmp_path, p):
     assert result.tests == 4
 
 
+def test_layernorm_unit_deit_widths(tmp_path):
+    """DeiT-sized rows (max 768 channels, 4 lanes): bit-exact and cycle-exact."""
+    p = {"lanes": 4, "max_channels": 768}
+    src = _build(tmp_path, p)
+    run_cocotb([src], "layernorm_unit", "sim.tb_layernorm", tmp_path / "sim", params={**p, "seed": 99})
+
+
 def test_sqrt_bits_cover_the_largest_q():
     """The square root has enough bits for the largest Q = C·Σx² − S² of a full-scale row."""
     for cmax in (2, 16, 197, 768, 1024):

@@ -19,6 +19,7 @@ from sim.runner import run_cocotb
 PARAMS = [
     {"lanes": 1, "max_len": 24},
     {"lanes": 4, "max_len": 32},
+    {"lanes": 8, "max_len": 256},      # DeiT rows of 197 tokens
 ]
 
 
