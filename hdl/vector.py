@@ -21,7 +21,7 @@ from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl.vecops import ceil_log2, const_write_signature, round_shift_expr, saturate_expr
+from hdl.vecops import ceil_log2, const_write_signature, saturate_expr
 
 __all__ = [
     "OP_LUT",

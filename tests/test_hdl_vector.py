@@ -16,6 +16,9 @@ from hdl.emit import write_verilog
 from hdl.vector import OP_LUT, OP_RESIDUAL, VECTOR_PIPELINE_DEPTH, VectorUnit, vector_cycles
 from sim.runner import run_cocotb
 
+# the parameter-validation test leaves half-built components that warn when collected
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
 PARAMS = [
     {"lanes": 1, "max_channels": 16},
     {"lanes": 4, "max_channels": 32},
@@ -46,7 +49,6 @@ def test_vector_cycles_formula():
         vector_cycles(4, 1, op=7)
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_vector_unit_rejects_bad_parameters():
     """Lanes must be a power of two and divide the constant memory depth."""
     with pytest.raises(ValueError):
