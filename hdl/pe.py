@@ -1,0 +1,182 @@
+"""Processing element of the output-stationary systolic array.
+
+One PE owns one accumulator of the output tile. Every valid beat it receives an A
+operand lane from the left and a B operand lane from above, forwards both (registered)
+to its right and lower neighbours, and adds one term to its accumulator. What the term
+is depends on the beat's mode:
+
+``Mode.MUL8``
+    ``a * b``: one signed (or, with ``a_unsigned``, unsigned) ``lane``-bit A times a
+    signed ``lane``-bit B. The only wide multiplier of the PE (one DSP slice).
+``Mode.PACKED``
+    ``a0*b0 + a1*b1``: each lane holds two ``lane/2``-bit operands, element 0 in the low
+    half. Two MACs per beat, so a narrow GEMM consumes K two at a time. ``a0*b0`` reuses
+    the wide multiplier; ``a1*b1`` is a small shift-and-add product in logic.
+``Mode.SHIFT``
+    ``b << (shift_base - k)``, where the low 4 bits of A are a log2 code ``k`` and
+    ``k == zero_code`` adds nothing: ``intops.shift_gemm`` / ``intops.attn_v_shift``.
+    A barrel shifter, no multiplier.
+
+Timing: operands presented in cycle ``t`` are forwarded in ``t+1`` (``a_out``/``b_out``/
+``ctl_out``), the term is registered in ``t+2`` and the accumulator holds it in ``t+3``.
+A beat flagged ``first`` restarts the accumulator; after a beat flagged ``last`` the
+accumulator holds the finished dot product for (at least) one cycle with ``done`` high,
+which is when the array's output register captures it.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, enum, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Mode", "ctl_layout", "PE", "PE_LATENCY", "SHIFT_BASE", "ZERO_CODE", "CODE_BITS",
+           "term_bits", "check_pe_params"]
+
+#: log2-shift mode adds ``b << (SHIFT_BASE - k)``: intops.ATTN_SHIFT
+SHIFT_BASE = 14
+#: log2 code meaning "probability zero": intops.LOG2_ZERO_CODE
+ZERO_CODE = 15
+#: width of a log2 code in the A lane
+CODE_BITS = 4
+#: cycles from operands at a PE's inputs to the accumulator holding their term
+PE_LATENCY = 3
+
+
+class Mode(enum.Enum, shape=2):
+    """What a beat adds to the accumulators (chosen per beat, constant within a tile)."""
+    MUL8 = 0
+    PACKED = 1
+    SHIFT = 2
+
+
+def ctl_layout() -> data.StructLayout:
+    """Per-beat control that travels with the A operands along a row."""
+    return data.StructLayout({
+        "valid": 1,
+        "first": 1,
+        "last": 1,
+        "mode": Mode,
+        "a_unsigned": 1,
+    })
+
+
+def term_bits(lane: int) -> int:
+    """Width of the largest signed term one beat can add (the shift-mode term)."""
+    return max(2 * lane + 1, lane + SHIFT_BASE + 1)
+
+
+def _shift_add_mul(a: Value, b: Value) -> Value:
+    """Signed ``a * b`` as explicit partial products (kept out of DSP slices by synthesis).
+
+    ``b`` is signed: its sign bit carries weight ``-2**(n-1)``.
+    """
+    n = len(b)
+    width = len(a) + n
+    total = Const(0, signed(width))
+    for i in range(n):
+        pp = Mux(b[i], a, 0).as_signed() << i
+        total = (total - pp) if i == n - 1 else (total + pp)
+    return total[:width].as_signed()
+
+
+def check_pe_params(lane: int, acc_bits: int) -> None:
+    """Raise ValueError unless a PE can be built with this lane and accumulator width."""
+    if lane < 8 or lane % 2:
+        raise ValueError(f"PE lane width must be even and at least 8, got {lane}")
+    if acc_bits < term_bits(lane):
+        raise ValueError(f"acc_bits={acc_bits} narrower than one term ({term_bits(lane)} bits)")
+
+
+class PE(wiring.Component):
+    """Output-stationary MAC cell with multiply, packed-narrow and log2-shift modes.
+
+    Parameters
+    ----------
+    lane : int
+        Operand lane width in bits (even, at least 8; packed mode splits it in halves).
+    acc_bits : int
+        Accumulator width; sums wrap at this width (the integer contract forbids overflow).
+
+    Members
+    -------
+    a_in, b_in : In(lane)
+        Operands of this cycle's beat (A from the left, B from above).
+    ctl_in : In(ctl_layout())
+        The beat's control (``valid``, ``first``, ``last``, ``mode``, ``a_unsigned``).
+    a_out, b_out, ctl_out : Out
+        The same, registered, for the right / lower neighbour.
+    acc : Out(signed(acc_bits))
+        The accumulator.
+    done : Out(1)
+        High for one cycle when ``acc`` holds a finished tile (the cycle after the term of a
+        ``last`` beat was added).
+    """
+
+    def __init__(self, lane: int = 8, acc_bits: int = 32):
+        check_pe_params(lane, acc_bits)
+        self.lane = lane
+        self.acc_bits = acc_bits
+        super().__init__({
+            "a_in": In(lane),
+            "b_in": In(lane),
+            "ctl_in": In(ctl_layout()),
+            "a_out": Out(lane),
+            "b_out": Out(lane),
+            "ctl_out": Out(ctl_layout()),
+            "acc": Out(signed(acc_bits)),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self.lane
+        h = w // 2
+
+        # stage 1: operand registers, shared with the neighbours
+        m.d.sync += [
+            self.a_out.eq(self.a_in),
+            self.b_out.eq(self.b_in),
+            self.ctl_out.eq(self.ctl_in),
+        ]
+        a, b, ctl = self.a_out, self.b_out, self.ctl_out
+
+        def widen(x: Value) -> Value:
+            # one extra bit so an unsigned A and a signed A share one signed multiplier
+            return Mux(ctl.a_unsigned, x.as_unsigned(), x.as_signed())
+
+        packed = ctl.mode == Mode.PACKED
+        a0, a1 = a[:h], a[h:]
+        b0, b1 = b[:h].as_signed(), b[h:].as_signed()
+        mul_a = Signal(signed(w + 1))
+        mul_b = Signal(signed(w))
+        m.d.comb += [
+            mul_a.eq(Mux(packed, widen(a0), widen(a))),
+            mul_b.eq(Mux(packed, b0, b.as_signed())),
+        ]
+        product = Signal(signed(2 * w + 1))
+        m.d.comb += product.eq(mul_a * mul_b)
+        narrow = Signal(signed(w + 2))
+        m.d.comb += narrow.eq(_shift_add_mul(widen(a1), b1))
+
+        code = a[:CODE_BITS]
+        shifted = Signal(signed(w + SHIFT_BASE))
+        m.d.comb += shifted.eq(b.as_signed() << (SHIFT_BASE - code)[:CODE_BITS])
+
+        # stage 2: the beat's term
+        term = Signal(signed(term_bits(w)))
+        ctl2 = Signal(ctl_layout())
+        m.d.sync += ctl2.eq(ctl)
+        with m.Switch(ctl.mode):
+            with m.Case(Mode.PACKED):
+                m.d.sync += term.eq(product + narrow)
+            with m.Case(Mode.SHIFT):
+                m.d.sync += term.eq(Mux(code == ZERO_CODE, 0, shifted))
+            with m.Default():
+                m.d.sync += term.eq(product)
+
+        # stage 3: accumulate
+        m.d.sync += self.done.eq(ctl2.valid & ctl2.last)
+        with m.If(ctl2.valid):
+            m.d.sync += self.acc.eq(Mux(ctl2.first, 0, self.acc) + term)
+        return m
