@@ -157,23 +157,21 @@ class PE(wiring.Component):
         product = Signal(signed(2 * w + 1))
         m.d.comb += product.eq(mul_a * mul_b)
         narrow = Signal(signed(w + 2))
-        m.d.comb += narrow.eq(_shift_add_mul(widen(a1), b1))
+        # outside packed mode the narrow product is forced to zero, so the term is a 2-way choice
+        m.d.comb += narrow.eq(_shift_add_mul(Mux(packed, widen(a1), 0), b1))
 
         code = a[:CODE_BITS]
+        shift_src = Mux(code == ZERO_CODE, 0, b.as_signed())  # zero code adds nothing
         shifted = Signal(signed(w + SHIFT_BASE))
-        m.d.comb += shifted.eq(b.as_signed() << (SHIFT_BASE - code)[:CODE_BITS])
+        m.d.comb += shifted.eq(shift_src << (SHIFT_BASE - code)[:CODE_BITS])
 
         # stage 2: the beat's term
         term = Signal(signed(term_bits(w)))
         ctl2 = Signal(ctl_layout())
-        m.d.sync += ctl2.eq(ctl)
-        with m.Switch(ctl.mode):
-            with m.Case(Mode.PACKED):
-                m.d.sync += term.eq(product + narrow)
-            with m.Case(Mode.SHIFT):
-                m.d.sync += term.eq(Mux(code == ZERO_CODE, 0, shifted))
-            with m.Default():
-                m.d.sync += term.eq(product)
+        m.d.sync += [
+            ctl2.eq(ctl),
+            term.eq(Mux(ctl.mode == Mode.SHIFT, shifted, product + narrow)),
+        ]
 
         # stage 3: accumulate
         m.d.sync += self.done.eq(ctl2.valid & ctl2.last)
