@@ -16,9 +16,10 @@ Presets (``get_preset``):
     (two per column) leave 52 of the 220 DSPs for the vector units. 12 divides 192, 576
     and 768 channels and tiles 197 tokens at 97 %.
 ``zcu102`` (xczu9eg)
-    32 x 48 array at 250 MHz (1536 PE DSPs + 96 requantizer DSPs = 65 % of 2520).
-    48 divides 192, 576, 768 and 3072 channels; 197 tokens tile onto 7 x 32 rows. The PE
-    array's logic is the binding resource (see docs/hw/array.md), not DSPs.
+    25 x 48 array at 250 MHz (1200 PE DSPs + 96 requantizer DSPs = 51 % of 2520).
+    48 divides 192, 576, 768 and 3072 channels; 197 tokens tile onto 8 x 25 = 200 rows.
+    LUTs bind, not DSPs: ~170 LUTs per PE put the array + requantizer at ~80 % of the
+    part's 274 080 LUTs (docs/hw/array.md).
 """
 
 from __future__ import annotations
