@@ -47,6 +47,13 @@ def lis_probs(s: torch.Tensor) -> torch.Tensor:
     return torch.where(k >= I.LOG2_ZERO_CODE, torch.zeros_like(k), torch.exp2(-k))
 
 
+def uniform_probs(s: torch.Tensor) -> torch.Tensor:
+    """Probabilities p/127 from the integer uniform softmax of grid scores ``s``."""
+    g = _LOG2E * (1 << I.SCORE_FRAC)
+    t = torch.round(s.detach() * g).to(torch.int64).numpy()
+    return torch.from_numpy(I.uniform_softmax(t, I.SCORE_FRAC)).to(s.dtype) / I.PROB_MAX
+
+
 class FakeQuantPolicy(FloatPolicy):
     """Quantize-dequantize at every point of ``plan``."""
 
@@ -73,7 +80,8 @@ class FakeQuantPolicy(FloatPolicy):
     def softmax(self, name, s):
         # scores are already on the integer grid, so the integer Log-Int-Softmax applies
         # exactly; its 4-bit codes are what the hardware produces
-        return lis_probs(s)
+        mode = self.plan.attn_modes.get(name.rsplit(".", 1)[0], "log2")
+        return uniform_probs(s) if mode == "uniform" else lis_probs(s)
 
 
 @torch.no_grad()

@@ -27,6 +27,9 @@ __all__ = ["BitConfig", "act_role", "layer_module", "collect_ranges", "calibrate
            "layer_weights", "RecordingPolicy"]
 
 LOGIT_BITS = 16
+#: ``--attn auto`` keeps 4-bit log2 attention unless uniform 8-bit probabilities raise the
+#: calibration-set logit cosine to the float model by more than this
+ATTN_AUTO_COSINE_GAIN = 0.02
 #: percentile of the "percentile" activation observer (FQ-ViT uses 99.99 at the top)
 PERCENTILE = 99.99
 
@@ -134,9 +137,38 @@ def collect_ranges(model, spec, pixels, batch: int = 8, progress: bool = True, d
     return obs
 
 
+def logit_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    num = (a * b).sum(1)
+    return float((num / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)).mean())
+
+
+def choose_attention(model, spec, plan: QuantPlan, pixels: np.ndarray, attn: str) -> dict:
+    """Set ``plan.attn_modes``: the requested encoding, or for ``auto`` the cheaper 4-bit
+    log2 codes unless 8-bit uniform probabilities bring the calibration logits closer to
+    the float model's by more than :data:`ATTN_AUTO_COSINE_GAIN` (logit cosine)."""
+    from calib.fakequant import fakequant_logits
+    from vit2hw.pipeline import fp_logits
+
+    depth = len(model.blocks)
+    if attn not in ("auto", "log2", "uniform"):
+        raise ValueError(f"unknown attention encoding {attn!r} (auto | log2 | uniform)")
+    if attn != "auto":
+        plan.attn_modes = {f"blocks.{i}.attn": attn for i in range(depth)}
+        return {"attn": attn}
+    fp = fp_logits(model, spec, pixels, progress=False)
+    cos = {}
+    for mode in ("log2", "uniform"):
+        plan.attn_modes = {f"blocks.{i}.attn": mode for i in range(depth)}
+        cos[mode] = logit_cosine(fakequant_logits(model, spec, plan, pixels), fp)
+    chosen = "uniform" if cos["uniform"] - cos["log2"] > ATTN_AUTO_COSINE_GAIN else "log2"
+    plan.attn_modes = {f"blocks.{i}.attn": chosen for i in range(depth)}
+    return {"attn": chosen, "attn_cosine_log2": cos["log2"], "attn_cosine_uniform": cos["uniform"]}
+
+
 @torch.no_grad()
 def calibrate_fqvit(model, spec, pixels: np.ndarray, cfg: BitConfig, act_observer: str = "minmax",
-                    batch: int = 8, progress: bool = True, method: str = "fqvit") -> QuantPlan:
+                    batch: int = 8, progress: bool = True, method: str = "fqvit",
+                    attn: str = "auto") -> QuantPlan:
     """FQ-ViT baseline plan from float activations on the calibration ``pixels``."""
     if act_observer not in ("minmax", "percentile"):
         raise ValueError(f"unknown activation observer {act_observer!r} (minmax | percentile)")
@@ -175,4 +207,5 @@ def calibrate_fqvit(model, spec, pixels: np.ndarray, cfg: BitConfig, act_observe
         plan.biases[name] = b.copy()
     plan.notes["act_observer"] = act_observer
     plan.notes["calib_images"] = int(len(pixels))
+    plan.notes.update(choose_attention(model, spec, plan, pixels, attn))
     return plan

@@ -151,12 +151,17 @@ def lower_plan(plan: QuantPlan, model, spec) -> QuantizedGraph:
                                  {"m": m.reshape(1), "s": s.reshape(1)}, f"{b}.attn"),
                             TensorSpec(f"{b}.attn.scores", (heads, n_tok, n_tok), 16, True,
                                        (1.0 / (_LOG2E * (1 << I.SCORE_FRAC)),)))
-        codes = g.add_node(Node(f"{b}.attn.softmax", "log_softmax", [scores], f"{b}.attn.probs",
-                                {"frac": I.SCORE_FRAC}, {}, f"{b}.attn"),
-                           TensorSpec(f"{b}.attn.probs", (heads, n_tok, n_tok), I.LOG2_CODE_BITS, False, (1.0,),
-                                      0, "log2"))
+        mode = plan.attn_modes.get(f"{b}.attn", "log2")
+        if mode == "log2":
+            pspec = TensorSpec(f"{b}.attn.probs", (heads, n_tok, n_tok), I.LOG2_CODE_BITS, False, (1.0,), 0, "log2")
+            p_scale = 2.0 ** -I.ATTN_SHIFT
+        else:
+            pspec = TensorSpec(f"{b}.attn.probs", (heads, n_tok, n_tok), 8, True, (1.0 / I.PROB_MAX,))
+            p_scale = 1.0 / I.PROB_MAX
+        codes = g.add_node(Node(f"{b}.attn.softmax", "softmax", [scores], pspec.name,
+                                {"frac": I.SCORE_FRAC, "mode": mode}, {}, f"{b}.attn"), pspec)
         ao = spec_of(f"{b}.attn.out", (n_tok, d), A[f"{b}.attn.out"])
-        ratio = float(g.tensors[v].scale[0]) * 2.0 ** -I.ATTN_SHIFT / ao.scale_array
+        ratio = float(g.tensors[v].scale[0]) * p_scale / ao.scale_array
         m, s = _mult(np.broadcast_to(ratio, (d,)))
         o = g.add_node(Node(f"{b}.attn.av", "attn_v", [codes, v], ao.name, {"heads": heads},
                             {"m": m, "s": s}, f"{b}.attn"), ao)

@@ -102,6 +102,8 @@ class QuantPlan:
     module_bits: dict[str, tuple[int, int]]
     acts: dict[str, ActQuant] = field(default_factory=dict)
     weights: dict[str, WeightQuant] = field(default_factory=dict)
+    #: attention-probability encoding per block ("blocks.3.attn" → "log2" | "uniform")
+    attn_modes: dict[str, str] = field(default_factory=dict)
     #: float bias per weight layer (after any bias correction)
     biases: dict[str, np.ndarray] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)

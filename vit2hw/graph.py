@@ -16,8 +16,10 @@ Operations (per image; the reference executor adds a leading batch axis):
 ``prepend_row``    x [N, C] → [N+1, C] with a constant first row (the class token)
 ``layernorm``      PTF input [N, C] → integer LayerNorm → [N, C]
 ``matmul_qk``      q, k [N, H·d] → per-head q·kᵀ, requantized to scores [H, N, N]
-``log_softmax``    scores [H, N, N] → 4-bit log2 codes [H, N, N]
-``attn_v``         codes [H, N, N], v [N, H·d] → Σ v << (14 − k) → requantized [N, H·d]
+``softmax``        scores [H, N, N] → 4-bit log2 codes (``mode`` log2) or 8-bit uniform
+                   probabilities (``mode`` uniform) [H, N, N]
+``attn_v``         probabilities, v [N, H·d] → Σ v << (14 − k) (log2 codes, shift mode) or
+                   Σ p·v (uniform) → requantized [N, H·d]
 ``lut``            elementwise table lookup (GELU)
 ``residual_add``   a, b [N, C] → both rescaled to the output scale and added
 ``take_rows``      x [N, C] → x[start:start+count]
@@ -48,7 +50,7 @@ OPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "prepend_row": (1, ("row",)),
     "layernorm": (1, ("alpha", "gm", "gs", "bb")),
     "matmul_qk": (2, ("m", "s")),
-    "log_softmax": (1, ()),
+    "softmax": (1, ()),
     "attn_v": (2, ("m", "s")),
     "lut": (1, ("table",)),
     "residual_add": (2, ("ma", "mb", "bias", "s")),

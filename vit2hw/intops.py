@@ -53,6 +53,9 @@ __all__ = [
     "log2_codes",
     "log_int_softmax",
     "attn_v_shift",
+    "PROB_MAX",
+    "PROB_RECIP_SHIFT",
+    "uniform_softmax",
     "build_lut",
     "apply_lut",
     "residual_add",
@@ -342,6 +345,28 @@ def log_int_softmax(t, frac: int = SCORE_FRAC, score_bits: int = 16) -> np.ndarr
     e = int_exp2_neg(z, frac)
     total = e.sum(axis=-1, keepdims=True)
     return log2_codes(e, total)
+
+
+#: uniform attention probabilities: code p in 0..PROB_MAX means p / PROB_MAX (fits a signed 8-bit operand)
+PROB_MAX = 127
+#: fractional bits of the per-row reciprocal PROB_MAX / total
+PROB_RECIP_SHIFT = 32
+
+
+def uniform_softmax(t, frac: int = SCORE_FRAC, score_bits: int = 16) -> np.ndarray:
+    """Softmax along the last axis with uniform 8-bit output codes ``round(PROB_MAX·e/total)``.
+
+    Same integer exponential as :func:`log_int_softmax`; one reciprocal per row
+    ``R = floor(PROB_MAX·2**32 / total)`` (a sequential divider in hardware), then per
+    element ``p = min(round_shift(e·R, 32), PROB_MAX)``. For models whose attention is too
+    sensitive to 4-bit log2 codes; attention×V then runs in the array's multiply mode.
+    """
+    t = check_range(t, score_bits, True, "softmax scores")
+    z = t - t.max(axis=-1, keepdims=True)
+    e = int_exp2_neg(z, frac)
+    total = e.sum(axis=-1, keepdims=True)
+    r = np.left_shift(np.int64(PROB_MAX), PROB_RECIP_SHIFT) // total
+    return np.minimum(round_shift(e * r, PROB_RECIP_SHIFT), PROB_MAX)
 
 
 def shift_gemm(codes, v, v_bits: int, shift: int, zero_code: int, acc_bits: int = 32) -> np.ndarray:

@@ -76,16 +76,21 @@ def _matmul_qk(node, specs, xs):
     return I.requantize(acc, node.consts["m"], node.consts["s"], out.bits, True, 0)
 
 
-def _log_softmax(node, specs, xs):
+def _softmax(node, specs, xs):
     (t,) = xs
-    return I.log_int_softmax(t, node.attrs.get("frac", I.SCORE_FRAC), specs[node.inputs[0]].bits)
+    fn = I.uniform_softmax if node.attrs.get("mode", "log2") == "uniform" else I.log_int_softmax
+    return fn(t, node.attrs.get("frac", I.SCORE_FRAC), specs[node.inputs[0]].bits)
 
 
 def _attn_v(node, specs, xs):
     codes, v = xs
-    vs, out = specs[node.inputs[1]], specs[node.output]
+    ps, vs, out = specs[node.inputs[0]], specs[node.inputs[1]], specs[node.output]
     h = node.attrs["heads"]
-    acc = _merge_heads(I.attn_v_shift(codes, _split_heads(v, h), vs.bits))
+    if ps.kind == "log2":
+        acc = I.attn_v_shift(codes, _split_heads(v, h), vs.bits)
+    else:
+        acc = I.int_gemm(codes, _split_heads(v, h), ps.bits, vs.bits)
+    acc = _merge_heads(acc)
     return I.requantize(acc, node.consts["m"], node.consts["s"], out.bits, True, out.zero_point)
 
 
@@ -110,7 +115,7 @@ def _take_rows(node, specs, xs):
 
 _OPS: dict[str, Callable] = {
     "patchify": _patchify, "linear": _linear, "prepend_row": _prepend_row,
-    "layernorm": _layernorm, "matmul_qk": _matmul_qk, "log_softmax": _log_softmax,
+    "layernorm": _layernorm, "matmul_qk": _matmul_qk, "softmax": _softmax,
     "attn_v": _attn_v, "lut": _lut, "residual_add": _residual_add, "take_rows": _take_rows,
 }
 

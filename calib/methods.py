@@ -1,0 +1,90 @@
+"""Calibration methods by name: what each does, whether it maps to the integer hardware."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from calib.fqvit import BitConfig, calibrate_fqvit
+from calib.plan import SUPPORTED_BITS, BitsError, QuantPlan
+
+__all__ = ["Method", "METHODS", "get_method", "run_method", "parse_bits", "UnknownMethodError",
+           "default_method", "validate_bits", "format_method_table"]
+
+
+class UnknownMethodError(ValueError):
+    """No calibration method of that name."""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    hardware_mappable: bool
+    run: Callable[..., QuantPlan]
+    mixed: bool = False
+
+
+def parse_bits(text: str, depth: int) -> BitConfig:
+    """``8`` / ``6`` / ``4`` (weights and activations) or ``w4a8`` → a uniform :class:`BitConfig`."""
+    t = str(text).strip().lower()
+    m = re.fullmatch(r"(\d+)", t) or re.fullmatch(r"w(\d+)a(\d+)", t)
+    if not m:
+        raise BitsError(f"cannot parse bit widths {text!r}: use 8, 6, 4, wXaY (e.g. w4a8) or mixed")
+    w = int(m.group(1))
+    a = int(m.group(2)) if m.lastindex == 2 else w
+    for b in (w, a):
+        if b not in SUPPORTED_BITS:
+            raise BitsError(f"unsupported bit width {b} in {text!r}: weights and activations take "
+                            f"{', '.join(map(str, SUPPORTED_BITS))} bits")
+    return BitConfig.uniform(depth, w, a)
+
+
+def _fqvit(model, spec, pixels, bits: str, act_observer="minmax", progress=True, attn="auto", **_):
+    if str(bits).lower() == "mixed":
+        raise BitsError("method fqvit uses one uniform width; --bits mixed needs a mixed-precision method")
+    return calibrate_fqvit(model, spec, pixels, parse_bits(bits, len(model.blocks)), act_observer,
+                           progress=progress, method="fqvit", attn=attn)
+
+
+METHODS: dict[str, Method] = {
+    "fqvit": Method("fqvit", "FQ-ViT baseline: MinMax (or percentile) ranges, per-channel weights, "
+                    "PTF LayerNorm inputs, 4-bit Log-Int-Softmax, GELU lookup table", True, _fqvit),
+}
+
+
+def default_method(bits: str) -> str:
+    """The method used when ``--method`` is not given."""
+    return "fqvit"
+
+
+def validate_bits(bits: str, depth: int, method: str, **opts) -> None:
+    """Reject impossible bit requests before any work is done."""
+    if str(bits).strip().lower() == "mixed":
+        if not get_method(method).mixed:
+            raise BitsError(f"method {method} does not do mixed precision; drop --bits mixed or choose "
+                            f"one of: {', '.join(m.name for m in METHODS.values() if m.mixed) or 'none yet'}")
+        return
+    if opts.get("budget") is not None:
+        raise BitsError("--budget applies only to --bits mixed")
+    parse_bits(bits, depth)
+
+
+def format_method_table() -> str:
+    rows = [("method", "hardware", "mixed", "what it does")]
+    for m in METHODS.values():
+        rows.append((m.name, "yes" if m.hardware_mappable else "no", "yes" if m.mixed else "no", m.summary))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}" for r in rows)
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}") from None
+
+
+def run_method(name: str, model, spec, pixels, bits: str, **opts) -> QuantPlan:
+    return get_method(name).run(model, spec, pixels, bits, **opts)
