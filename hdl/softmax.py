@@ -140,10 +140,14 @@ class SoftmaxUnit(wiring.Component):
         row_max = Signal(signed(sb))
         in_fire = Signal()
         m.d.comb += in_fire.eq(self.i.valid & self.i.ready)
+        # running maximum through one named signal per lane: an expression chain would
+        # reference each step twice and grow exponentially with the lane count
         beat_max = row_max
         for lane, ok in enumerate(lane_mask(g_in)):
             t = self.i.payload[lane]
-            beat_max = Mux(ok & (t > beat_max), t, beat_max)
+            step_max = Signal(signed(sb), name=f"max_upto{lane}")
+            m.d.comb += step_max.eq(Mux(ok & (t > beat_max), t, beat_max))
+            beat_max = step_max
 
         # ---- exp pass: 4 registers, no back-pressure (it writes the buffer, not the output)
         g_rd = Signal(range(groups + 1))

@@ -48,8 +48,13 @@ def test_softmax_cycles_formula():
 
 @pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")
 def test_softmax_unit_verilator_lint(tmp_path):
-    """Generated Verilog passes verilator --lint-only (WIDTH/CASEINCOMPLETE are Amaranth idioms)."""
-    src = _build(tmp_path, {"lanes": 4, "max_len": 256})
+    """Generated Verilog passes verilator --lint-only (WIDTH/CASEINCOMPLETE are Amaranth idioms).
+
+    Built with 16 lanes, the widest AcceleratorConfig default: the Verilog must stay
+    linear in the lane count (a regression once made it exponential).
+    """
+    src = _build(tmp_path, {"lanes": 16, "max_len": 256})
+    assert src.stat().st_size < 1_000_000
     proc = subprocess.run(["verilator", "--lint-only", "-Wno-WIDTH", "-Wno-CASEINCOMPLETE", str(src)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
