@@ -97,9 +97,20 @@ def _layernorm_consts(ln, xin: TensorSpec, out: TensorSpec) -> dict[str, np.ndar
     gamma = ln.weight.detach().double().numpy()
     beta = ln.bias.detach().double().numpy()
     s_out = float(out.scale[0])
-    gm, gs = _mult(gamma / (s_out * 2.0 ** I.LN_NORM_FRAC))
-    bb = np.rint(beta / s_out * np.exp2(gs)).astype(np.int64)
-    return {"alpha": np.asarray(xin.alpha, np.int64), "gm": gm, "gs": gs, "bb": bb}
+    ratio = gamma / (s_out * 2.0 ** I.LN_NORM_FRAC)
+    gm, gs = _mult(ratio)
+    # the LayerNorm unit holds beta as int32: give up shift (precision) where it would not fit
+    for _ in range(MAX_SHIFT):
+        bb = np.rint(beta / s_out * np.exp2(gs)).astype(np.float64)
+        over = np.abs(bb) >= 2.0 ** 31
+        if not over.any():
+            break
+        gs = np.where(over, gs - 1, gs)
+        gm = np.where(over, np.rint(ratio * np.exp2(gs)), gm).astype(np.int64)
+    if (gs < 0).any():
+        raise LoweringError("LayerNorm beta/scale ratio too large for the int32 bias")
+    return {"alpha": np.asarray(xin.alpha, np.int64), "gm": gm.astype(np.int64), "gs": gs.astype(np.int64),
+            "bb": bb.astype(np.int64)}
 
 
 def lower_plan(plan: QuantPlan, model, spec) -> QuantizedGraph:

@@ -39,6 +39,7 @@ __all__ = [
     "LN_NORM_FRAC",
     "LN_RECIP_FRAC",
     "layernorm_stats",
+    "layernorm_reciprocal",
     "layernorm_normalize",
     "ptf_layernorm",
     "SCORE_FRAC",
@@ -234,6 +235,13 @@ def layernorm_stats(x) -> tuple[np.ndarray, np.ndarray]:
     return s1, q
 
 
+def layernorm_reciprocal(r) -> np.ndarray:
+    """``floor(2**(bit_length(r) + LN_RECIP_FRAC) / r)`` (0 for ``r = 0``): 16 significant bits for any ``r``."""
+    r = _as_int(r)
+    e = bit_length(r)
+    return np.where(r > 0, np.left_shift(np.int64(1), e + LN_RECIP_FRAC) // np.maximum(r, 1), 0)
+
+
 def layernorm_normalize(x) -> np.ndarray:
     """``(x − mean)/std`` of each row in fixed point with ``LN_NORM_FRAC`` fractional bits.
 
@@ -248,7 +256,7 @@ def layernorm_normalize(x) -> np.ndarray:
     s1, q = layernorm_stats(x)
     r = isqrt(q)
     e = bit_length(r)
-    inv = np.where(r > 0, np.left_shift(np.int64(1), e + LN_RECIP_FRAC) // np.maximum(r, 1), 0)
+    inv = layernorm_reciprocal(r)
     d = c * x - s1
     shift = np.maximum(e, 1) + LN_RECIP_FRAC - LN_NORM_FRAC
     return round_shift(d * inv, shift)
@@ -269,7 +277,8 @@ def ptf_layernorm(q, alpha, gamma_m, gamma_s, beta_b, out_bits: int, out_zp=0,
     x = np.left_shift(q, alpha)
     n = layernorm_normalize(x)
     gm = check_range(gamma_m, 16, True, "layernorm gamma multiplier")
-    y = round_shift(n * gm + _as_int(beta_b), gamma_s) + _as_int(out_zp)
+    bb = check_range(beta_b, 32, True, "layernorm beta")
+    y = round_shift(n * gm + bb, gamma_s) + _as_int(out_zp)
     return saturate(y, out_bits, out_signed)
 
 
