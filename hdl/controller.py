@@ -1,0 +1,304 @@
+"""Instruction sequencer and the two compute engines (GEMM, vector) of the accelerator.
+
+:class:`Controller` is the program FSM: fetch one instruction, start the engine it names,
+wait for that engine to finish, go on with the next word (``pc += 32``) until END.
+Instructions run strictly one after another, which makes every instruction's cycle count
+a closed formula (``vit2hw.cyclemodel``); overlapping DMA with compute is future work.
+
+:class:`GemmEngine` tiles ``Y = requant(A @ B)`` over a :class:`~hdl.requant.RequantizedArray`:
+it streams one K step of every row of an A tile and of every column of a B tile per cycle
+from the banked A/B scratchpads, supplies each drained row's requantization parameters from
+the P scratchpad in the drain cycle, and writes requantized rows into O.
+
+:class:`VectorEngine` runs LAYERNORM / SOFTMAX / LUT / RESIDUAL_ADD: it starts the unit,
+streams consecutive V lines into it and writes its output beats to consecutive V lines.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from vit2hw.isa import FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, Geometry, Op
+
+from .dma import ADDR_BITS
+from .layernorm import LayerNormUnit
+from .requant import REQUANT_LATENCY, RequantizedArray
+from .scratchpad import read_port_signature, write_port_signature
+from .softmax import SoftmaxUnit
+from .vector import OP_LUT, OP_RESIDUAL, VectorUnit
+from .vecops import ceil_log2, const_write_signature
+
+__all__ = ["instr_layout", "Controller", "GemmEngine", "VectorEngine"]
+
+
+def instr_layout(op: Op) -> data.StructLayout:
+    """The instruction word of ``op`` as a struct (opcode, then the fields, LSB first)."""
+    fields = {"opcode": unsigned(OPCODE_BITS)}
+    for f in FIELDS[op]:
+        fields[f.name] = signed(f.bits) if f.signed else unsigned(f.bits)
+    return data.StructLayout(fields)
+
+
+def view(value, op: Op):
+    """Decode ``value`` (the instruction bits) as ``op``'s fields."""
+    layout = instr_layout(op)
+    return data.View(layout, value[:layout.size])
+
+
+class Controller(wiring.Component):
+    """Program sequencer.
+
+    Members
+    -------
+    start : In(1)
+        Begin executing the program at byte address ``prog_addr`` (ignored while running).
+    running, done, error : Out(1)
+        ``done`` is high once END (or an unknown opcode, which also sets ``error``) was
+        reached, until the next ``start``.
+    cycles : Out(32)
+        Cycles from the ``start`` cycle (exclusive) to ``done`` rising (inclusive).
+    fetch_go, pc, fetch_busy, instr : fetcher handshake.
+    go, opcode, exec_busy : engine handshake (``go`` pulses once per non-END instruction).
+    fetching : Out(1)
+        The fetcher owns the memory bus.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "start": In(1), "prog_addr": In(ADDR_BITS),
+            "running": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
+            "fetch_go": Out(1), "pc": Out(ADDR_BITS), "fetch_busy": In(1), "instr": In(INSTR_BITS),
+            "go": Out(1), "opcode": Out(OPCODE_BITS), "exec_busy": In(1), "fetching": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        op = self.instr[:OPCODE_BITS]
+        m.d.comb += self.opcode.eq(op)
+        with m.If(self.running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        with m.FSM(name="ctrl"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [self.pc.eq(self.prog_addr), self.cycles.eq(0), self.done.eq(0),
+                                 self.error.eq(0), self.running.eq(1)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += [self.fetch_go.eq(1), self.fetching.eq(1)]
+                m.next = "WAIT_FETCH"
+            with m.State("WAIT_FETCH"):
+                m.d.comb += self.fetching.eq(1)
+                with m.If(~self.fetch_busy):
+                    m.next = "EXEC"
+            with m.State("EXEC"):
+                with m.If(op == Op.END):
+                    m.d.sync += [self.done.eq(1), self.running.eq(0)]
+                    m.next = "IDLE"
+                with m.Elif(op == Op.FENCE):
+                    m.d.sync += self.pc.eq(self.pc + INSTR_BYTES)
+                    m.next = "FETCH"
+                with m.Elif(op > max(Op)):
+                    m.d.sync += [self.done.eq(1), self.error.eq(1), self.running.eq(0)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += self.go.eq(1)
+                    m.next = "WAIT_EXEC"
+            with m.State("WAIT_EXEC"):
+                with m.If(~self.exec_busy):
+                    m.d.sync += self.pc.eq(self.pc + INSTR_BYTES)
+                    m.next = "FETCH"
+        return m
+
+
+class GemmEngine(wiring.Component):
+    """GEMM: ``m_tiles × n_tiles`` tiles of ``k_beats`` beats, requantized into O.
+
+    Tile ``(i, j)`` reads A lines ``a_addr + i·a_row_lines + k // bus_bytes`` of every A bank
+    and B lines ``b_addr + j·b_row_lines + k // bus_bytes`` of every B bank, byte
+    ``k % bus_bytes``. Output row ``r`` of the tile (global row ``m = i·rows + r``) goes to O
+    line ``o_addr + m·n_tiles + j`` with the parameters of P line ``p_addr + j`` (or
+    ``p_addr + m·n_tiles + j`` with ``bias_per_row``).
+    """
+
+    def __init__(self, geometry: Geometry, acc_bits: int = 32, tag_bits: int = 8):
+        g = self.g = geometry
+        self.acc_bits, self.tag_bits = acc_bits, tag_bits
+        wbits = g.bus_bytes * 8
+        super().__init__({
+            "go": In(1), "instr": In(INSTR_BITS), "busy": Out(1),
+            "a_rd": Out(read_port_signature(wbits, g.a_depth, g.rows)),
+            "b_rd": Out(read_port_signature(wbits, g.b_depth, g.cols)),
+            "p_rd": Out(read_port_signature(g.cols * RECORD_BYTES * 8, g.p_depth, 1)),
+            "o_wr": Out(write_port_signature(g.cols * 32, g.o_depth, 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.g
+        R, C = g.rows, g.cols
+        m.submodules.array = ra = RequantizedArray(R, C, 8, self.acc_bits, self.tag_bits)
+        cfg = view(self.instr, Op.GEMM)
+        lg = (g.bus_bytes - 1).bit_length()
+
+        # ---- feed: one K step of the tile per accepted beat
+        feeding = Signal()
+        f_rows = Signal(16)
+        f_j = Signal(16)
+        k = Signal(16)
+        a_base = Signal(24)
+        b_base = Signal(24)
+        sel = k[:lg] if lg else 0
+        m.d.comb += [self.a_rd.addr.eq(a_base + (k >> lg)), self.b_rd.addr.eq(b_base + (k >> lg))]
+        pi = ra.i.payload
+        for r in range(R):
+            m.d.comb += pi.a[r].eq(self.a_rd.data[r].word_select(sel, 8) if lg else self.a_rd.data[r][:8])
+        for c in range(C):
+            m.d.comb += pi.b[c].eq(self.b_rd.data[c].word_select(sel, 8) if lg else self.b_rd.data[c][:8])
+        last = k == cfg.k_beats - 1
+        m.d.comb += [ra.i.valid.eq(feeding), pi.first.eq(k == 0), pi.last.eq(last),
+                     pi.mode.eq(cfg.mode), pi.a_unsigned.eq(cfg.a_unsigned), pi.tag.eq(0)]
+        with m.If(self.go):
+            m.d.sync += [feeding.eq((cfg.m_tiles != 0) & (cfg.n_tiles != 0) & (cfg.k_beats != 0)),
+                         f_rows.eq(cfg.m_tiles), f_j.eq(0), k.eq(0),
+                         a_base.eq(cfg.a_addr), b_base.eq(cfg.b_addr)]
+        with m.Elif(ra.i.valid & ra.i.ready):
+            with m.If(last):
+                m.d.sync += k.eq(0)
+                with m.If(f_j == cfg.n_tiles - 1):
+                    m.d.sync += [f_j.eq(0), b_base.eq(cfg.b_addr), a_base.eq(a_base + cfg.a_row_lines),
+                                 f_rows.eq(f_rows - 1)]
+                    with m.If(f_rows == 1):
+                        m.d.sync += feeding.eq(0)
+                with m.Else():
+                    m.d.sync += [f_j.eq(f_j + 1), b_base.eq(b_base + cfg.b_row_lines)]
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+
+        # ---- drain: parameters and O address of each row leaving the array
+        d_j = Signal(16)
+        d_rowoff = Signal(24)
+        o_ptr = Signal(24)
+        cur = Signal(24)
+        m.d.comb += cur.eq(Mux(ra.drain_row == 0, d_rowoff + d_j, o_ptr))
+        with m.If(self.go):
+            m.d.sync += [d_j.eq(0), d_rowoff.eq(0), o_ptr.eq(0)]
+        with m.Elif(ra.drain_valid):
+            m.d.sync += o_ptr.eq(cur + cfg.n_tiles)
+            with m.If(ra.drain_row == R - 1):
+                with m.If(d_j == cfg.n_tiles - 1):
+                    m.d.sync += [d_j.eq(0), d_rowoff.eq(d_rowoff + cfg.n_tiles * R)]
+                with m.Else():
+                    m.d.sync += d_j.eq(d_j + 1)
+        m.d.comb += self.p_rd.addr.eq(cfg.p_addr + Mux(cfg.bias_per_row, cur, d_j))
+        rec_bits = RECORD_BYTES * 8
+        prm = self.p_rd.data[0]
+        for c in range(C):
+            rec = prm[c * rec_bits:(c + 1) * rec_bits]
+            col = ra.params.col[c]
+            m.d.comb += [col.bias.eq(rec[0:32]), col.m.eq(rec[32:48]), col.s.eq(rec[48:54]),
+                         col.zp.eq(rec[64:80])]
+        m.d.comb += [ra.params.out_bits.eq(cfg.out_bits), ra.params.out_signed.eq(cfg.out_signed),
+                     ra.params.bypass.eq(cfg.bypass)]
+        # the row's O address travels alongside the requantizer pipeline
+        addr_pipe = [Signal(24, name=f"oaddr{i}") for i in range(REQUANT_LATENCY)]
+        m.d.sync += addr_pipe[0].eq(cfg.o_addr + cur)
+        for i in range(1, REQUANT_LATENCY):
+            m.d.sync += addr_pipe[i].eq(addr_pipe[i - 1])
+        m.d.comb += [self.o_wr.en.eq(ra.o.valid), self.o_wr.addr.eq(addr_pipe[-1]),
+                     self.o_wr.data.eq(Cat(*[ra.o.payload.y[c] for c in range(C)]))]
+        m.d.comb += self.busy.eq(feeding | ra.busy)
+        return m
+
+
+class VectorEngine(wiring.Component):
+    """LAYERNORM, SOFTMAX, LUT and RESIDUAL_ADD over consecutive V lines.
+
+    Holds the three vector-side units (``hdl/layernorm.py``, ``hdl/softmax.py``,
+    ``hdl/vector.py``) with ``vector_lanes`` lanes; their constant write ports are exposed
+    for the LOAD engine. V lanes are 32 bits; units read their low ``in`` bits and their
+    outputs are sign-extended (softmax codes zero-extended) into V lanes.
+    """
+
+    def __init__(self, geometry: Geometry):
+        g = self.g = geometry
+        L = g.lanes
+        max_ch = g.max_channels
+        self.ln = LayerNormUnit(lanes=L, max_channels=max_ch, in_bits=8, out_width=16)
+        self.sm = SoftmaxUnit(lanes=L, max_len=g.max_tokens, score_bits=16)
+        self.vu = VectorUnit(lanes=L, max_channels=max_ch, in_width=16, out_width=16, lut_in_bits=8)
+        super().__init__({
+            "go": In(1), "instr": In(INSTR_BITS), "busy": Out(1),
+            "va": Out(read_port_signature(L * 32, g.v_depth, 1)),
+            "vb": Out(read_port_signature(L * 32, g.v_depth, 1)),
+            "vw": Out(write_port_signature(L * 32, g.v_depth, 1)),
+            "ln_const": In(const_write_signature(ceil_log2(max_ch), self.ln.const_layout)),
+            "res_const": In(const_write_signature(ceil_log2(max_ch), self.vu.const_layout)),
+            "lut_wr": In(const_write_signature(8, signed(16))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.g
+        L = g.lanes
+        m.submodules.ln, m.submodules.sm, m.submodules.vu = ln, sm, vu = self.ln, self.sm, self.vu
+        wiring.connect(m, wiring.flipped(self.ln_const), ln.const_wr)
+        wiring.connect(m, wiring.flipped(self.res_const), vu.const_wr)
+        wiring.connect(m, wiring.flipped(self.lut_wr), vu.lut_wr)
+
+        op = self.instr[:OPCODE_BITS]
+        v_ln, v_sm = view(self.instr, Op.LAYERNORM), view(self.instr, Op.SOFTMAX)
+        v_lut, v_res = view(self.instr, Op.LUT), view(self.instr, Op.RESIDUAL_ADD)
+        m.d.comb += [
+            ln.cfg.channels.eq(v_ln.channels), ln.cfg.rows.eq(v_ln.rows),
+            ln.cfg.out_bits.eq(v_ln.out_bits), ln.cfg.out_zp.eq(v_ln.out_zp),
+            sm.cfg.length.eq(v_sm.length), sm.cfg.rows.eq(v_sm.rows),
+            vu.cfg.op.eq(Mux(op == Op.LUT, OP_LUT, OP_RESIDUAL)),
+            vu.cfg.beats.eq(Mux(op == Op.LUT, v_lut.lines, v_res.lines)),
+            vu.cfg.channels.eq(Mux(op == Op.LUT, L, v_res.channels)),
+            vu.cfg.out_bits.eq(Mux(op == Op.LUT, 16, v_res.out_bits)), vu.cfg.out_zp.eq(v_res.out_zp),
+            vu.cfg.lut_bits.eq(v_lut.lut_bits),
+            ln.start.eq(self.go & (op == Op.LAYERNORM)),
+            sm.start.eq(self.go & (op == Op.SOFTMAX)),
+            vu.start.eq(self.go & ((op == Op.LUT) | (op == Op.RESIDUAL_ADD))),
+        ]
+
+        running = Signal()
+        unit = Signal(2)  # 0 LN, 1 softmax, 2 vector unit
+        pa, pb, pw = Signal(24), Signal(24), Signal(24)
+        unit_busy = Mux(unit == 0, ln.busy, Mux(unit == 1, sm.busy, vu.busy))
+        m.d.comb += self.busy.eq(running)
+        with m.If(self.go):
+            m.d.sync += [running.eq(1),
+                         unit.eq(Mux(op == Op.LAYERNORM, 0, Mux(op == Op.SOFTMAX, 1, 2))),
+                         pa.eq(Mux(op == Op.RESIDUAL_ADD, v_res.src_a, v_ln.src)),
+                         pb.eq(v_res.src_b), pw.eq(Mux(op == Op.RESIDUAL_ADD, v_res.dst, v_ln.dst))]
+        with m.Elif(running & ~unit_busy):
+            m.d.sync += running.eq(0)
+
+        # input beats from consecutive V lines
+        m.d.comb += [self.va.addr.eq(pa), self.vb.addr.eq(pb)]
+        va, vb = self.va.data[0], self.vb.data[0]
+        for l in range(L):
+            lane_a, lane_b = va[l * 32:(l + 1) * 32], vb[l * 32:(l + 1) * 32]
+            m.d.comb += [ln.i.payload[l].eq(lane_a[:8]), sm.i.payload[l].eq(lane_a[:16]),
+                         vu.i.payload.a[l].eq(lane_a[:16]), vu.i.payload.b[l].eq(lane_b[:16])]
+        m.d.comb += [ln.i.valid.eq(running & (unit == 0)), sm.i.valid.eq(running & (unit == 1)),
+                     vu.i.valid.eq(running & (unit == 2))]
+        fire_in = (ln.i.valid & ln.i.ready) | (sm.i.valid & sm.i.ready) | (vu.i.valid & vu.i.ready)
+        with m.If(fire_in & ~self.go):
+            m.d.sync += [pa.eq(pa + 1), pb.eq(pb + 1)]
+
+        # output beats to consecutive V lines
+        m.d.comb += [ln.o.ready.eq(1), sm.o.ready.eq(1), vu.o.ready.eq(1)]
+        out = Signal(L * 32)
+        for l in range(L):
+            m.d.comb += out[l * 32:(l + 1) * 32].eq(
+                Mux(unit == 0, ln.o.payload[l].as_signed(),
+                    Mux(unit == 1, sm.o.payload[l].as_unsigned(), vu.o.payload[l].as_signed())))
+        fire_out = Mux(unit == 0, ln.o.valid, Mux(unit == 1, sm.o.valid, vu.o.valid))
+        m.d.comb += [self.vw.en.eq(running & fire_out), self.vw.addr.eq(pw), self.vw.data.eq(out)]
+        with m.If(self.vw.en & ~self.go):
+            m.d.sync += pw.eq(pw + 1)
+        return m

@@ -1,0 +1,75 @@
+"""Scratchpad memory: ``banks`` memories of ``width``-bit lines, one write port, N read ports.
+
+A write goes to one bank (``wr.bank``); a read returns the same line of every bank at
+once (``rd[i].data[b]`` = bank ``b``). That one shape serves all five scratchpads of the
+accelerator (see :class:`vit2hw.isa.Geometry`):
+
+* A and B: ``rows`` / ``cols`` banks of bus-word lines; matrix row ``r`` lives in bank
+  ``r % banks``, so one read yields K-step ``k`` of every row of a tile;
+* O, V, P: a single bank of wide lines.
+
+Reads are combinational (asynchronous read ports): a reader presents an address and
+uses the data in the same cycle, which keeps every engine's timing one beat per cycle
+with no prefetch. On FPGAs this maps to distributed RAM; block RAM would need a
+registered read and a one-cycle prefetch in each reader (docs/isa.md, limits).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Scratchpad", "write_port_signature", "read_port_signature"]
+
+
+def _bits(n: int) -> int:
+    return max(1, (n - 1).bit_length())
+
+
+def write_port_signature(width: int, depth: int, banks: int) -> wiring.Signature:
+    """Driver's view of a write port: ``en`` writes ``data`` at ``addr`` of bank ``bank``."""
+    return wiring.Signature({"en": Out(1), "bank": Out(_bits(banks)), "addr": Out(_bits(depth)),
+                             "data": Out(width)})
+
+
+def read_port_signature(width: int, depth: int, banks: int) -> wiring.Signature:
+    """Driver's view of a read port: ``data`` is line ``addr`` of every bank, same cycle."""
+    return wiring.Signature({"addr": Out(_bits(depth)), "data": In(data.ArrayLayout(width, banks))})
+
+
+class Scratchpad(wiring.Component):
+    """``banks`` × ``depth`` lines of ``width`` bits.
+
+    Members
+    -------
+    wr : In(write_port_signature(...))
+    rd0 .. rd{read_ports-1} : In(read_port_signature(...))
+    """
+
+    def __init__(self, width: int, depth: int, banks: int = 1, read_ports: int = 1):
+        if width < 1 or depth < 1 or banks < 1 or read_ports < 1:
+            raise ValueError("scratchpad width, depth, banks and read ports must be positive")
+        self.width, self.depth, self.banks, self.read_ports = width, depth, banks, read_ports
+        members = {"wr": In(write_port_signature(width, depth, banks))}
+        for i in range(read_ports):
+            members[f"rd{i}"] = In(read_port_signature(width, depth, banks))
+        super().__init__(members)
+
+    def rd(self, i: int):
+        return getattr(self, f"rd{i}")
+
+    def elaborate(self, platform):
+        m = Module()
+        for b in range(self.banks):
+            mem = memory.Memory(shape=self.width, depth=self.depth, init=[])
+            m.submodules[f"bank{b}"] = mem
+            wp = mem.write_port()
+            bank_hit = (self.wr.bank == b) if self.banks > 1 else 1
+            m.d.comb += [wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data),
+                         wp.en.eq(self.wr.en & bank_hit)]
+            for i in range(self.read_ports):
+                rp = mem.read_port(domain="comb")
+                port = self.rd(i)
+                m.d.comb += [rp.addr.eq(port.addr), port.data[b].eq(rp.data)]
+        return m

@@ -1,0 +1,130 @@
+"""The accelerator top level: scratchpads, DMA engines, compute engines and the sequencer.
+
+``Accelerator(config)`` has one external memory port (``mem``, see :mod:`hdl.dma`) and a
+small control interface:
+
+========== ====== =========================================================================
+``start``  In(1)  pulse: run the program whose first instruction is at byte ``prog_addr``
+``prog_addr`` In(32) byte address of the program (32-byte aligned)
+``busy``   Out(1) the program is running
+``done``   Out(1) END was reached (stays high until the next ``start``)
+``error``  Out(1) the program stopped at an unknown opcode
+``cycles`` Out(32) cycles of the last run (``vit2hw.cyclemodel.program_cycles`` predicts it)
+========== ====== =========================================================================
+
+Verilog ports: ``clk``, ``rst`` (synchronous, active high), ``start``, ``prog_addr``,
+``busy``, ``done``, ``error``, ``cycles``, ``mem__req_valid``, ``mem__req_ready``,
+``mem__req_addr``, ``mem__req_we``, ``mem__req_wdata``, ``mem__req_wstrb``,
+``mem__resp_valid``, ``mem__resp_rdata``. The ISA is in ``docs/isa.md``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from vit2hw.isa import Geometry, Op, RECORD_BYTES, Target
+
+from .controller import Controller, GemmEngine, VectorEngine
+from .dma import ADDR_BITS, BusMux, Fetcher, LoadEngine, StoreEngine, mem_bus_signature
+from .scratchpad import Scratchpad
+
+__all__ = ["Accelerator"]
+
+
+class Accelerator(wiring.Component):
+    """The whole accelerator for one ``AcceleratorConfig`` (see the module docstring)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.geometry = Geometry.from_config(config)
+        super().__init__({
+            "start": In(1), "prog_addr": In(ADDR_BITS),
+            "busy": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
+            "mem": Out(mem_bus_signature(config.mem_bus_bits)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        g, cfg = self.geometry, self.config
+        wbits = g.bus_bytes * 8
+        rec = RECORD_BYTES * 8
+
+        m.submodules.spad_a = sa = Scratchpad(wbits, g.a_depth, g.rows, 1)
+        m.submodules.spad_b = sb = Scratchpad(wbits, g.b_depth, g.cols, 1)
+        m.submodules.spad_o = so = Scratchpad(g.cols * 32, g.o_depth, 1, 1)
+        m.submodules.spad_v = sv = Scratchpad(g.lanes * 32, g.v_depth, 1, 3)
+        m.submodules.spad_p = sp = Scratchpad(g.cols * rec, g.p_depth, 1, 1)
+
+        m.submodules.ctrl = ctrl = Controller()
+        m.submodules.fetch = fetch = Fetcher(cfg.mem_bus_bits)
+        m.submodules.load = load = LoadEngine(g)
+        m.submodules.store = store = StoreEngine(g)
+        m.submodules.gemm = gemm = GemmEngine(g, cfg.acc_bits, cfg.tag_bits)
+        m.submodules.vec = vec = VectorEngine(g)
+        m.submodules.busmux = bus = BusMux(cfg.mem_bus_bits, 3)
+
+        instr = fetch.instr
+        op = ctrl.opcode
+        is_vec = (op == Op.LAYERNORM) | (op == Op.SOFTMAX) | (op == Op.LUT) | (op == Op.RESIDUAL_ADD)
+        m.d.comb += [
+            ctrl.start.eq(self.start), ctrl.prog_addr.eq(self.prog_addr),
+            self.busy.eq(ctrl.running), self.done.eq(ctrl.done), self.error.eq(ctrl.error),
+            self.cycles.eq(ctrl.cycles),
+            fetch.go.eq(ctrl.fetch_go), fetch.pc.eq(ctrl.pc),
+            ctrl.fetch_busy.eq(fetch.busy), ctrl.instr.eq(instr),
+            load.go.eq(ctrl.go & (op == Op.LOAD)), store.go.eq(ctrl.go & (op == Op.STORE)),
+            gemm.go.eq(ctrl.go & (op == Op.GEMM)), vec.go.eq(ctrl.go & is_vec),
+            gemm.instr.eq(instr), vec.instr.eq(instr),
+            ctrl.exec_busy.eq(load.busy | store.busy | gemm.busy | vec.busy),
+            bus.sel.eq(0),
+        ]
+        with m.If(~ctrl.fetching & (op == Op.LOAD)):
+            m.d.comb += bus.sel.eq(1)
+        with m.Elif(~ctrl.fetching & (op == Op.STORE)):
+            m.d.comb += bus.sel.eq(2)
+        from .controller import view
+        v_load, v_store = view(instr, Op.LOAD), view(instr, Op.STORE)
+        for name, _ in load.cfg.signature.members.items():
+            m.d.comb += getattr(load.cfg, name).eq(getattr(v_load, name))
+        for name, _ in store.cfg.signature.members.items():
+            m.d.comb += getattr(store.cfg, name).eq(getattr(v_store, name))
+
+        wiring.connect(m, fetch.bus, bus.m0)
+        wiring.connect(m, load.bus, bus.m1)
+        wiring.connect(m, store.bus, bus.m2)
+        wiring.connect(m, bus.ext, wiring.flipped(self.mem))
+
+        # ---- LOAD destinations
+        lw = load.wr
+        for spad, t in ((sa, Target.A), (sb, Target.B), (sp, Target.P)):
+            m.d.comb += [spad.wr.en.eq(lw.en & (lw.target == t)), spad.wr.bank.eq(lw.bank),
+                         spad.wr.addr.eq(lw.addr), spad.wr.data.eq(lw.data)]
+        with m.If(op == Op.LOAD):
+            m.d.comb += [sv.wr.en.eq(lw.en & (lw.target == Target.V)), sv.wr.addr.eq(lw.addr),
+                         sv.wr.data.eq(lw.data)]
+        with m.Else():
+            m.d.comb += [sv.wr.en.eq(vec.vw.en), sv.wr.addr.eq(vec.vw.addr), sv.wr.data.eq(vec.vw.data)]
+        d = lw.data
+        m.d.comb += [
+            vec.ln_const.en.eq(lw.en & (lw.target == Target.LN_CONST)), vec.ln_const.addr.eq(lw.addr),
+            vec.ln_const.data.gm.eq(d[0:16]), vec.ln_const.data.alpha.eq(d[16:18]),
+            vec.ln_const.data.gs.eq(d[24:30]), vec.ln_const.data.bb.eq(d[32:64]),
+            vec.res_const.en.eq(lw.en & (lw.target == Target.RES_CONST)), vec.res_const.addr.eq(lw.addr),
+            vec.res_const.data.ma.eq(d[0:16]), vec.res_const.data.mb.eq(d[16:32]),
+            vec.res_const.data.s.eq(d[32:38]), vec.res_const.data.bias.eq(d[64:104]),
+            vec.lut_wr.en.eq(lw.en & (lw.target == Target.LUT_TABLE)), vec.lut_wr.addr.eq(lw.addr),
+            vec.lut_wr.data.eq(d[0:16]),
+        ]
+
+        # ---- compute and STORE ports
+        wiring.connect(m, gemm.a_rd, sa.rd0)
+        wiring.connect(m, gemm.b_rd, sb.rd0)
+        wiring.connect(m, gemm.p_rd, sp.rd0)
+        wiring.connect(m, gemm.o_wr, so.wr)
+        wiring.connect(m, vec.va, sv.rd0)
+        wiring.connect(m, vec.vb, sv.rd1)
+        wiring.connect(m, store.o_rd, so.rd0)
+        wiring.connect(m, store.v_rd, sv.rd2)
+        return m

@@ -1,0 +1,559 @@
+"""Instruction set of the vit2hw accelerator: opcodes, fields, encoding, programs.
+
+The scheduler emits :class:`Program` s built from :class:`Instruction` s; the hardware
+controller (``hdl/controller.py``) decodes the same words from the field tables in this
+module, so the compiler and the RTL cannot disagree about a bit position. Everything
+here is plain Python (no hdl/calib/sim imports). ``docs/isa.md`` documents every field.
+
+Instruction word
+----------------
+Every instruction is one little-endian 256-bit word (:data:`INSTR_BYTES` = 32 bytes):
+bits ``[0, 8)`` hold the opcode, the opcode's fields follow in :data:`FIELDS` order,
+LSB first; unused high bits are zero. Signed fields are two's complement.
+
+Scratchpads (:class:`Geometry` gives their shapes for an ``AcceleratorConfig``)
+--------------------------------------------------------------------------------
+``A``  activation operand: ``rows`` banks of bus-word lines (one byte per K step)
+``B``  weight operand (Bᵀ rows, i.e. ``nn.Linear``'s [out, in] layout): ``cols`` banks
+``O``  GEMM outputs: lines of ``cols`` int32 lanes (one output row of a tile)
+``V``  vector data: lines of ``vector_lanes`` int32 lanes
+``P``  requantization parameters: lines of ``cols`` 16-byte records (:data:`PARAM_RECORD`)
+
+Unit constant memories (LayerNorm, residual, LUT) are LOAD targets too, one 16-byte
+record per channel / table entry (:data:`LN_RECORD`, :data:`RES_RECORD`, :data:`LUT_RECORD`).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "ISA_VERSION", "INSTR_BITS", "INSTR_BYTES", "RECORD_BYTES",
+    "Op", "Target", "GemmMode", "FIELDS", "Field",
+    "Instruction", "encode", "decode", "Segment", "Program", "ProgramError",
+    "Geometry", "PARAM_RECORD", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
+    "pack_records", "pack_rows", "unpack_rows", "Assembler",
+]
+
+ISA_VERSION = 1
+INSTR_BITS = 256
+INSTR_BYTES = INSTR_BITS // 8
+OPCODE_BITS = 8
+#: one constant / parameter record in external memory
+RECORD_BYTES = 16
+
+
+class ProgramError(ValueError):
+    """An instruction or program is malformed (unknown field, value out of range, bad file)."""
+
+
+class Op(enum.IntEnum):
+    """Opcodes (bits [0, 8) of an instruction word). An all-zero word is END."""
+    END = 0
+    LOAD = 1
+    STORE = 2
+    GEMM = 3
+    LAYERNORM = 4
+    SOFTMAX = 5
+    LUT = 6
+    RESIDUAL_ADD = 7
+    FENCE = 8
+
+
+class Target(enum.IntEnum):
+    """What a LOAD writes / a STORE reads."""
+    A = 0
+    B = 1
+    V = 2
+    P = 3
+    O = 4          # STORE only
+    LN_CONST = 5   # LOAD only: LayerNorm per-channel constants
+    RES_CONST = 6  # LOAD only: residual per-channel constants
+    LUT_TABLE = 7  # LOAD only: lookup-table entries
+
+
+class GemmMode(enum.IntEnum):
+    """PE array mode of a GEMM (same numbering as ``hdl.pe.Mode``)."""
+    MUL8 = 0
+    PACKED = 1
+    SHIFT = 2
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    bits: int
+    signed: bool = False
+
+    @property
+    def range(self) -> tuple[int, int]:
+        if self.signed:
+            return -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
+        return 0, (1 << self.bits) - 1
+
+
+def _f(spec: str) -> Field:
+    name, kind = spec.split(":")
+    return Field(name, int(kind[1:]), kind[0] == "s")
+
+
+#: field tables, LSB first after the opcode (``u``: unsigned, ``s``: signed two's complement)
+FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, specs in {
+    Op.END: (),
+    Op.FENCE: (),
+    Op.LOAD: ("target:u3", "ebytes_log2:u2", "ext_addr:u32", "ext_stride:u32", "rows:u16",
+              "row_lines:u16", "spad_addr:u24"),
+    Op.STORE: ("target:u3", "ebytes_log2:u2", "ext_addr:u32", "ext_stride:u32", "rows:u16",
+               "row_lines:u16", "spad_addr:u24", "row_elems:u16"),
+    Op.GEMM: ("mode:u2", "a_unsigned:u1", "out_bits:u6", "out_signed:u1", "bypass:u1",
+              "bias_per_row:u1", "m_tiles:u16", "n_tiles:u16", "k_beats:u16",
+              "a_addr:u24", "a_row_lines:u16", "b_addr:u24", "b_row_lines:u16",
+              "o_addr:u24", "p_addr:u24"),
+    Op.LAYERNORM: ("src:u24", "dst:u24", "rows:u16", "channels:u16", "out_bits:u6", "out_zp:s16"),
+    Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16"),
+    Op.LUT: ("src:u24", "dst:u24", "lines:u24", "lut_bits:u4"),
+    Op.RESIDUAL_ADD: ("src_a:u24", "src_b:u24", "dst:u24", "lines:u24", "channels:u16",
+                      "out_bits:u6", "out_zp:s16"),
+}.items()}
+
+
+def field_offsets(op: Op) -> dict[str, tuple[int, Field]]:
+    """``name -> (bit offset, Field)`` of ``op``'s fields inside the instruction word."""
+    out, pos = {}, OPCODE_BITS
+    for f in FIELDS[op]:
+        out[f.name] = (pos, f)
+        pos += f.bits
+    if pos > INSTR_BITS:
+        raise AssertionError(f"{op.name} fields need {pos} bits")
+    return out
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One instruction: an opcode and every one of its fields (missing fields are 0)."""
+    op: Op
+    args: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def make(cls, op: Op | str, **fields: int) -> "Instruction":
+        op = Op[op.upper()] if isinstance(op, str) else Op(op)
+        known = {f.name: f for f in FIELDS[op]}
+        unknown = set(fields) - set(known)
+        if unknown:
+            raise ProgramError(f"{op.name}: unknown fields {sorted(unknown)}; has {sorted(known)}")
+        vals = []
+        for name, f in known.items():
+            v = int(fields.get(name, 0))
+            lo, hi = f.range
+            if not lo <= v <= hi:
+                raise ProgramError(f"{op.name}.{name}={v} outside [{lo}, {hi}] ({f.bits} bits)")
+            vals.append((name, v))
+        return cls(op, tuple(vals))
+
+    def __getitem__(self, name: str) -> int:
+        for k, v in self.args:
+            if k == name:
+                return v
+        raise KeyError(f"{self.op.name} has no field {name!r}")
+
+    def get(self, name: str, default: int = 0) -> int:
+        return dict(self.args).get(name, default)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op.name, **dict(self.args)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Instruction":
+        d = dict(d)
+        try:
+            op = d.pop("op")
+        except KeyError:
+            raise ProgramError(f"instruction without 'op': {d}") from None
+        if op not in Op.__members__:
+            raise ProgramError(f"unknown opcode {op!r}")
+        return cls.make(op, **d)
+
+    def __str__(self) -> str:
+        return self.op.name + " " + " ".join(f"{k}={v}" for k, v in self.args if v)
+
+
+def encode(instr: Instruction) -> int:
+    """The 256-bit instruction word as an int."""
+    word = int(instr.op)
+    offs = field_offsets(instr.op)
+    for name, v in instr.args:
+        pos, f = offs[name]
+        word |= (v & ((1 << f.bits) - 1)) << pos
+    return word
+
+
+def decode(word: int | bytes) -> Instruction:
+    """Inverse of :func:`encode` (accepts the int or its 32 little-endian bytes)."""
+    if isinstance(word, (bytes, bytearray)):
+        if len(word) != INSTR_BYTES:
+            raise ProgramError(f"an instruction is {INSTR_BYTES} bytes, got {len(word)}")
+        word = int.from_bytes(word, "little")
+    opcode = word & ((1 << OPCODE_BITS) - 1)
+    try:
+        op = Op(opcode)
+    except ValueError:
+        raise ProgramError(f"unknown opcode {opcode}") from None
+    vals = {}
+    end = OPCODE_BITS
+    for name, (pos, f) in field_offsets(op).items():
+        v = (word >> pos) & ((1 << f.bits) - 1)
+        if f.signed and v >> (f.bits - 1):
+            v -= 1 << f.bits
+        vals[name] = v
+        end = pos + f.bits
+    if word >> end:
+        raise ProgramError(f"{op.name}: non-zero bits above its fields")
+    return Instruction.make(op, **vals)
+
+
+# ------------------------------------------------------------------ program container
+
+@dataclass(frozen=True)
+class Segment:
+    """Bytes placed at a byte address of external memory before the run (weights, inputs)."""
+    addr: int
+    data: bytes
+    name: str = ""
+
+
+_MAGIC = b"V2HP"
+
+
+@dataclass
+class Program:
+    """Instructions (placed at ``entry`` in external memory) plus data segments."""
+    instructions: list[Instruction] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    entry: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def code(self) -> bytes:
+        """The instruction words, little-endian, ending with END if the list does not."""
+        instrs = list(self.instructions)
+        if not instrs or instrs[-1].op != Op.END:
+            instrs.append(Instruction.make(Op.END))
+        return b"".join(encode(i).to_bytes(INSTR_BYTES, "little") for i in instrs)
+
+    def image(self) -> list[Segment]:
+        """Everything to write into external memory: the code and the data segments."""
+        segs = [Segment(self.entry, self.code(), "code")] + list(self.segments)
+        spans = sorted((s.addr, s.addr + len(s.data), s.name) for s in segs)
+        for (a0, a1, n0), (b0, b1, n1) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise ProgramError(f"segments {n0!r} [{a0:#x}, {a1:#x}) and {n1!r} overlap at {b0:#x}")
+        return segs
+
+    # -- binary: magic, version u16, entry u64, n_instr u32, n_seg u32, words, segments
+    def to_bytes(self) -> bytes:
+        meta = json.dumps(self.meta, sort_keys=True).encode()
+        out = [_MAGIC, struct.pack("<HQII I", ISA_VERSION, self.entry, len(self.instructions),
+                                   len(self.segments), len(meta)), meta]
+        out += [encode(i).to_bytes(INSTR_BYTES, "little") for i in self.instructions]
+        for s in self.segments:
+            name = s.name.encode()
+            out += [struct.pack("<QQH", s.addr, len(s.data), len(name)), name, s.data]
+        return b"".join(out)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "Program":
+        try:
+            if blob[:4] != _MAGIC:
+                raise ProgramError("not a vit2hw program (bad magic)")
+            ver, entry, n_i, n_s, n_meta = struct.unpack_from("<HQII I", blob, 4)
+            if ver != ISA_VERSION:
+                raise ProgramError(f"program ISA version {ver} unsupported (expected {ISA_VERSION})")
+            pos = 4 + struct.calcsize("<HQII I")
+            meta = json.loads(blob[pos:pos + n_meta].decode())
+            pos += n_meta
+            instrs = []
+            for _ in range(n_i):
+                instrs.append(decode(blob[pos:pos + INSTR_BYTES]))
+                pos += INSTR_BYTES
+            segs = []
+            for _ in range(n_s):
+                addr, n, nl = struct.unpack_from("<QQH", blob, pos)
+                pos += struct.calcsize("<QQH")
+                name = blob[pos:pos + nl].decode()
+                pos += nl
+                data = bytes(blob[pos:pos + n])
+                if len(data) != n:
+                    raise ProgramError("truncated segment")
+                pos += n
+                segs.append(Segment(addr, data, name))
+        except struct.error as exc:
+            raise ProgramError(f"truncated program: {exc}") from None
+        if pos != len(blob):
+            raise ProgramError(f"{len(blob) - pos} trailing bytes after the program")
+        return cls(instrs, segs, entry, meta)
+
+    def to_json(self) -> str:
+        doc = {"format": "vit2hw.Program", "version": ISA_VERSION, "entry": self.entry,
+               "meta": self.meta, "instructions": [i.to_json() for i in self.instructions],
+               "segments": [{"addr": s.addr, "name": s.name,
+                             "data": base64.b64encode(s.data).decode()} for s in self.segments]}
+        return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Program":
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise ProgramError(f"program JSON unreadable: {exc}") from None
+        if doc.get("format") != "vit2hw.Program" or doc.get("version") != ISA_VERSION:
+            raise ProgramError("not a vit2hw.Program of this ISA version")
+        return cls([Instruction.from_json(i) for i in doc["instructions"]],
+                   [Segment(int(s["addr"]), base64.b64decode(s["data"]), s.get("name", ""))
+                    for s in doc["segments"]], int(doc["entry"]), dict(doc.get("meta", {})))
+
+
+# ------------------------------------------------------------------ geometry
+
+@dataclass(frozen=True)
+class Geometry:
+    """Scratchpad shapes and transfer granularities of one accelerator configuration.
+
+    Built from any object with the ``AcceleratorConfig`` attributes (duck typed, so the
+    core does not import ``hdl``).
+    """
+    rows: int
+    cols: int
+    lanes: int
+    bus_bytes: int
+    a_depth: int   # lines per A bank
+    b_depth: int   # lines per B bank
+    o_depth: int
+    v_depth: int
+    p_depth: int
+    max_channels: int
+    max_tokens: int
+
+    @classmethod
+    def from_config(cls, config) -> "Geometry":
+        wb = config.mem_bus_bits // 8
+        if wb > RECORD_BYTES:
+            raise ValueError(f"the accelerator top supports buses up to {RECORD_BYTES * 8} bits, "
+                             f"got mem_bus_bits={config.mem_bus_bits}")
+        if config.vector_lanes < wb:
+            raise ValueError(f"vector_lanes ({config.vector_lanes}) must be at least the bus width in "
+                             f"bytes ({wb}) so that every vector line is whole bus words")
+        for name, buf, banks in (("act_buf_bytes", config.act_buf_bytes, config.rows),
+                                 ("weight_buf_bytes", config.weight_buf_bytes, config.cols)):
+            if buf % (banks * wb):
+                raise ValueError(f"{name}={buf} is not a whole number of {banks} banks of {wb}-byte lines")
+        o_depth = config.out_buf_bytes // (4 * config.cols)
+        return cls(rows=config.rows, cols=config.cols, lanes=config.vector_lanes, bus_bytes=wb,
+                   a_depth=config.act_buf_bytes // (config.rows * wb),
+                   b_depth=config.weight_buf_bytes // (config.cols * wb),
+                   o_depth=o_depth,
+                   v_depth=max(16, config.out_buf_bytes // (4 * config.vector_lanes)),
+                   p_depth=max(8, o_depth // 4),
+                   # the LayerNorm / softmax row buffers hold whole beats of ``lanes``
+                   max_channels=-(-config.max_channels // config.vector_lanes) * config.vector_lanes,
+                   max_tokens=-(-config.max_tokens // config.vector_lanes) * config.vector_lanes)
+
+    def words_per_line(self, target: Target | int, ebytes: int = 1) -> int:
+        """Bus words of external memory per scratchpad line (or per constant record)."""
+        t = Target(target)
+        if t in (Target.A, Target.B):
+            return 1
+        if t == Target.V:
+            return self.lanes * ebytes // self.bus_bytes
+        if t == Target.O:
+            return -(-self.cols * ebytes // self.bus_bytes)
+        if t == Target.P:
+            return self.cols * RECORD_BYTES // self.bus_bytes
+        return RECORD_BYTES // self.bus_bytes
+
+    def depth(self, target: Target | int) -> int:
+        t = Target(target)
+        return {Target.A: self.a_depth, Target.B: self.b_depth, Target.O: self.o_depth,
+                Target.V: self.v_depth, Target.P: self.p_depth,
+                Target.LN_CONST: self.max_channels, Target.RES_CONST: self.max_channels,
+                Target.LUT_TABLE: 256}[t]
+
+
+# ------------------------------------------------------------------ record formats
+
+#: requantization parameters of one output column (a P line holds ``cols`` of them)
+PARAM_RECORD = np.dtype([("bias", "<i4"), ("m", "<i2"), ("s", "u1"), ("_r0", "u1"),
+                         ("zp", "<i2"), ("_r1", "V6")])
+#: LayerNorm constants of one channel (s: the affine shift gs)
+LN_RECORD = np.dtype([("gm", "<i2"), ("alpha", "u1"), ("gs", "u1"), ("bb", "<i4"), ("_r", "V8")])
+#: residual-add constants of one channel (bias: signed 40 bits used)
+RES_RECORD = np.dtype([("ma", "<i2"), ("mb", "<i2"), ("s", "u1"), ("_r", "V3"), ("bias", "<i8")])
+#: one lookup-table entry (entries in code order from the most negative code)
+LUT_RECORD = np.dtype([("value", "<i2"), ("_r", "V14")])
+
+for _dt in (PARAM_RECORD, LN_RECORD, RES_RECORD, LUT_RECORD):
+    assert _dt.itemsize == RECORD_BYTES
+
+
+def pack_records(dtype: np.dtype, n: int | None = None, **columns) -> bytes:
+    """Records of ``dtype`` from equal-length integer columns (``n`` broadcasts scalars)."""
+    arrays = {k: np.atleast_1d(np.asarray(v, np.int64)) for k, v in columns.items()}
+    if n is None:
+        n = max(len(a) for a in arrays.values())
+    rec = np.zeros(n, dtype)
+    for k, a in arrays.items():
+        info = np.iinfo(dtype[k]) if k != "bias" or dtype is not RES_RECORD else None
+        lo, hi = (info.min, info.max) if info else (-(1 << 39), (1 << 39) - 1)
+        if a.size and (a.min() < lo or a.max() > hi):
+            raise ProgramError(f"record field {k} out of range [{lo}, {hi}]")
+        rec[k] = np.broadcast_to(a, (n,))
+    return rec.tobytes()
+
+
+def pack_rows(x: np.ndarray, ebytes: int, row_bytes: int) -> bytes:
+    """A 2-D integer matrix as rows of ``ebytes``-byte little-endian elements, each row
+    zero-padded to ``row_bytes`` (values must fit the element width)."""
+    x = np.asarray(x, np.int64)
+    if x.ndim != 2:
+        raise ProgramError("pack_rows needs a 2-D matrix")
+    lo, hi = -(1 << (8 * ebytes - 1)), (1 << (8 * ebytes)) - 1
+    if x.size and (x.min() < lo or x.max() > hi):
+        raise ProgramError(f"values do not fit {ebytes}-byte elements")
+    if x.shape[1] * ebytes > row_bytes:
+        raise ProgramError("row_bytes shorter than a row")
+    dt = {1: "<u1", 2: "<u2", 4: "<u4"}[ebytes]
+    out = np.zeros((x.shape[0], row_bytes), np.uint8)
+    raw = (x & ((1 << (8 * ebytes)) - 1)).astype(dt).view(np.uint8).reshape(x.shape[0], -1)
+    out[:, :raw.shape[1]] = raw
+    return out.tobytes()
+
+
+def unpack_rows(blob: bytes, rows: int, cols: int, ebytes: int, row_bytes: int,
+                signed: bool = True) -> np.ndarray:
+    """Inverse of :func:`pack_rows`."""
+    a = np.frombuffer(bytes(blob[:rows * row_bytes]), np.uint8).reshape(rows, row_bytes)
+    a = np.ascontiguousarray(a[:, :cols * ebytes])
+    dt = {1: "<i1", 2: "<i2", 4: "<i4"}[ebytes] if signed else {1: "<u1", 2: "<u2", 4: "<u4"}[ebytes]
+    return a.view(dt).reshape(rows, cols).astype(np.int64)
+
+
+def _log2_bytes(ebytes: int) -> int:
+    if ebytes not in (1, 2, 4):
+        raise ProgramError(f"element width must be 1, 2 or 4 bytes, got {ebytes}")
+    return ebytes.bit_length() - 1
+
+
+# ------------------------------------------------------------------ assembler
+
+class Assembler:
+    """Builds a :class:`Program` instruction by instruction, checking sizes against a Geometry.
+
+    Addresses of external memory are bytes (word aligned); scratchpad addresses are lines.
+    """
+
+    def __init__(self, geometry: Geometry, entry: int = 0):
+        self.g = geometry
+        self.program = Program(entry=entry)
+
+    def emit(self, op: Op | str, **fields: int) -> Instruction:
+        instr = Instruction.make(op, **fields)
+        self.program.instructions.append(instr)
+        return instr
+
+    def data(self, addr: int, blob: bytes, name: str = "") -> int:
+        if addr % self.g.bus_bytes:
+            raise ProgramError(f"segment {name!r} at {addr:#x} is not bus-word aligned")
+        self.program.segments.append(Segment(addr, bytes(blob), name))
+        return addr
+
+    def _check_ext(self, addr: int, stride: int) -> None:
+        wb = self.g.bus_bytes
+        if addr % wb or stride % wb:
+            raise ProgramError(f"external address {addr:#x} / stride {stride} not multiples of {wb}")
+
+    def load(self, target: Target, ext_addr: int, rows: int, row_lines: int, spad_addr: int,
+             ext_stride: int | None = None, ebytes: int = 1) -> Instruction:
+        """Copy ``rows`` × ``row_lines`` lines from external memory (rows ``ext_stride`` apart)."""
+        wpl = self.g.words_per_line(target, ebytes)
+        if ext_stride is None:
+            ext_stride = row_lines * wpl * self.g.bus_bytes
+        self._check_ext(ext_addr, ext_stride)
+        if target in (Target.A, Target.B):
+            banks = self.g.rows if target == Target.A else self.g.cols
+            last = spad_addr + (-(-rows // banks)) * row_lines
+        else:
+            last = spad_addr + rows * row_lines
+        if target == Target.O:
+            raise ProgramError("the O scratchpad is written by GEMM only")
+        if last > self.g.depth(target):
+            raise ProgramError(f"LOAD into {Target(target).name} ends at line {last} > depth {self.g.depth(target)}")
+        return self.emit(Op.LOAD, target=int(target), ebytes_log2=_log2_bytes(ebytes), ext_addr=ext_addr,
+                         ext_stride=ext_stride, rows=rows, row_lines=row_lines, spad_addr=spad_addr)
+
+    def load_const(self, target: Target, ext_addr: int, count: int, index: int = 0) -> Instruction:
+        """Load ``count`` 16-byte records into a unit's constant memory from entry ``index``."""
+        if target not in (Target.LN_CONST, Target.RES_CONST, Target.LUT_TABLE):
+            raise ProgramError(f"{target} is not a constant memory")
+        return self.load(target, ext_addr, count, 1, index, ext_stride=RECORD_BYTES)
+
+    def store(self, target: Target, ext_addr: int, rows: int, row_lines: int, spad_addr: int,
+              row_elems: int, ext_stride: int | None = None, ebytes: int = 1) -> Instruction:
+        """Write ``rows`` × ``row_lines`` lines of O or V, narrowed to ``ebytes`` per element;
+        elements at index ``>= row_elems`` of a row are not written (byte strobes off)."""
+        if target not in (Target.O, Target.V):
+            raise ProgramError("STORE reads the O or V scratchpad")
+        wpl = self.g.words_per_line(target, ebytes)
+        if ext_stride is None:
+            ext_stride = row_lines * wpl * self.g.bus_bytes
+        self._check_ext(ext_addr, ext_stride)
+        return self.emit(Op.STORE, target=int(target), ebytes_log2=_log2_bytes(ebytes), ext_addr=ext_addr,
+                         ext_stride=ext_stride, rows=rows, row_lines=row_lines, spad_addr=spad_addr,
+                         row_elems=row_elems)
+
+    def gemm(self, m: int, n: int, k_beats: int, a_addr: int, b_addr: int, o_addr: int, p_addr: int,
+             out_bits: int = 8, out_signed: bool = True, mode: GemmMode = GemmMode.MUL8,
+             a_unsigned: bool = False, bypass: bool = False, bias_per_row: bool = False,
+             a_row_lines: int | None = None, b_row_lines: int | None = None) -> Instruction:
+        """``Y[m, n] = requant(A[m, k] @ B[k, n])`` tiled over the array; O line of (row i, tile j)
+        is ``o_addr + i * n_tiles + j``."""
+        g = self.g
+        lines = -(-k_beats // g.bus_bytes)
+        mt, nt = -(-m // g.rows), -(-n // g.cols)
+        if mt * g.rows * nt + o_addr > g.o_depth:
+            raise ProgramError(f"GEMM output ({mt * g.rows * nt} lines at {o_addr}) exceeds O depth {g.o_depth}")
+        return self.emit(Op.GEMM, mode=int(mode), a_unsigned=int(a_unsigned), out_bits=out_bits,
+                         out_signed=int(out_signed), bypass=int(bypass), bias_per_row=int(bias_per_row),
+                         m_tiles=mt, n_tiles=nt, k_beats=k_beats,
+                         a_addr=a_addr, a_row_lines=lines if a_row_lines is None else a_row_lines,
+                         b_addr=b_addr, b_row_lines=lines if b_row_lines is None else b_row_lines,
+                         o_addr=o_addr, p_addr=p_addr)
+
+    def layernorm(self, src: int, dst: int, rows: int, channels: int, out_bits: int,
+                  out_zp: int = 0) -> Instruction:
+        if channels % self.g.lanes:
+            raise ProgramError(f"LayerNorm channels {channels} not a multiple of {self.g.lanes} lanes")
+        return self.emit(Op.LAYERNORM, src=src, dst=dst, rows=rows, channels=channels,
+                         out_bits=out_bits, out_zp=out_zp)
+
+    def softmax(self, src: int, dst: int, rows: int, length: int) -> Instruction:
+        return self.emit(Op.SOFTMAX, src=src, dst=dst, rows=rows, length=length)
+
+    def lut(self, src: int, dst: int, lines: int, lut_bits: int = 8) -> Instruction:
+        return self.emit(Op.LUT, src=src, dst=dst, lines=lines, lut_bits=lut_bits)
+
+    def residual_add(self, src_a: int, src_b: int, dst: int, lines: int, channels: int,
+                     out_bits: int, out_zp: int = 0) -> Instruction:
+        return self.emit(Op.RESIDUAL_ADD, src_a=src_a, src_b=src_b, dst=dst, lines=lines,
+                         channels=channels, out_bits=out_bits, out_zp=out_zp)
+
+    def fence(self) -> Instruction:
+        return self.emit(Op.FENCE)
+
+    def end(self) -> Program:
+        self.emit(Op.END)
+        return self.program
