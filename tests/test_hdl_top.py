@@ -23,7 +23,7 @@ from hdl.top import Accelerator
 from sim.runner import run_cocotb
 from vit2hw import intops as I
 from vit2hw.cyclemodel import program_cycles
-from vit2hw.isa import (LN_RECORD, PARAM_RECORD, Assembler, Geometry, GemmMode, Program, Target,
+from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, Assembler, Geometry, GemmMode, Program, Target,
                         pack_records, pack_rows)
 
 SMALL = AcceleratorConfig(name="small4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
@@ -71,8 +71,12 @@ def _param_lines(g: Geometry, n: int, bias, m, s, zp) -> tuple[bytes, int]:
     return pack_records(PARAM_RECORD, cols, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp)), nt
 
 
-def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm") -> Case:
-    """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it."""
+def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm",
+              out_ebytes: int = 1, bias_per_row: bool = False) -> Case:
+    """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it.
+
+    ``out_ebytes`` 1/2 requantizes to int8/int16; 4 is the bypass (raw int32 ``acc + bias``).
+    ``bias_per_row`` uses one bias per output element (P line per row and column tile)."""
     g = Geometry.from_config(cfg)
     asm, mem = Assembler(g), Layout()
     wb = g.bus_bytes
@@ -97,30 +101,41 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
         a_bytes, k_beats = x, k
     if mode != GemmMode.PACKED:
         w_bytes = w.T
-    bias = rng.integers(-5000, 5000, n)
+    mt, nt = _ceil(m, g.rows), _ceil(n, g.cols)
+    bias = rng.integers(-5000, 5000, (mt * g.rows, n) if bias_per_row else n)
+    out_bits = 8 * out_ebytes
     scale = max(1, int(np.abs(acc).max()))
-    mult, shift = I.choose_multiplier(np.full(n, 100.0 / scale) * rng.uniform(0.5, 1.5, n), max_shift=40)
+    target = 100.0 if out_ebytes == 1 else 20000.0
+    mult, shift = I.choose_multiplier(np.full(n, target / scale) * rng.uniform(0.5, 1.5, n), max_shift=40)
     zp = rng.integers(-3, 4, n)
-    want = I.requantize(acc, mult, shift, 8, True, zp, bias)
+    if out_ebytes == 4:
+        want = acc + bias[:m]if bias_per_row else acc + bias
+    else:
+        want = I.requantize(acc, mult, shift, out_bits, True, zp, bias[:m] if bias_per_row else bias)
 
     lines = _ceil(k_beats, wb)
     xa = mem.take(m * lines * wb)
     asm.data(xa, pack_rows(a_bytes, 1, lines * wb), "x")
     wa = mem.take(n * lines * wb)
     asm.data(wa, pack_rows(w_bytes, 1, lines * wb), "w")
-    params, nt = _param_lines(g, n, bias, mult, shift, zp)
+    if bias_per_row:
+        params = b"".join(_param_lines(g, n, row, mult, shift, zp)[0] for row in bias)
+        p_lines = mt * g.rows * nt
+    else:
+        params, p_lines = _param_lines(g, n, bias, mult, shift, zp)
     pa = mem.take(len(params))
     asm.data(pa, params, "params")
-    out_row = nt * g.words_per_line(Target.O, 1) * wb
+    out_row = nt * g.words_per_line(Target.O, out_ebytes) * wb
     ya = mem.take(m * out_row)
 
     asm.load(Target.A, xa, m, lines, 0)
     asm.load(Target.B, wa, n, lines, 0)
-    asm.load(Target.P, pa, nt, 1, 0)
-    asm.gemm(m, n, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=8, mode=mode)
-    asm.store(Target.O, ya, m, nt, 0, row_elems=n, ebytes=1)
+    asm.load(Target.P, pa, p_lines, 1, 0)
+    asm.gemm(m, n, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=min(out_bits, 32), mode=mode,
+             bypass=out_ebytes == 4, bias_per_row=bias_per_row)
+    asm.store(Target.O, ya, m, nt, 0, row_elems=n, ebytes=out_ebytes)
     case = Case(name, asm.end())
-    case.expect("Y", ya, want, 1, out_row)
+    case.expect("Y", ya, want, out_ebytes, out_row)
     return case
 
 
@@ -172,8 +187,62 @@ def softmax_case(cfg, rng, rows: int, length: int) -> Case:
     return case
 
 
+def lut_case(cfg, rng, rows: int, channels: int) -> Case:
+    """GELU-style table lookup of int8 codes (table through LOAD LUT_TABLE), int16 results."""
+    g = Geometry.from_config(cfg)
+    asm, mem = Assembler(g), Layout()
+    table = I.build_lut(lambda v: 0.5 * v * (1 + np.tanh(0.79788456 * (v + 0.044715 * v ** 3))),
+                        8, 0.05, 0, 16, 0.001)
+    q = rng.integers(-128, 128, (rows, channels))
+    lpr = _ceil(channels, g.lanes)
+    in_row = lpr * g.words_per_line(Target.V, 1) * g.bus_bytes
+    out_row = lpr * g.words_per_line(Target.V, 2) * g.bus_bytes
+    ta = mem.take(256 * 16)
+    asm.data(ta, pack_records(LUT_RECORD, 256, value=table), "table")
+    qa = mem.take(rows * in_row)
+    asm.data(qa, pack_rows(q, 1, in_row), "q")
+    ya = mem.take(rows * out_row)
+    asm.load_const(Target.LUT_TABLE, ta, 256)
+    asm.load(Target.V, qa, rows, lpr, 0, ebytes=1)
+    asm.lut(0, rows * lpr, rows * lpr, lut_bits=8)
+    asm.store(Target.V, ya, rows, lpr, rows * lpr, row_elems=channels, ebytes=2)
+    case = Case("lut", asm.end())
+    case.expect("gelu", ya, I.apply_lut(q, table, 8), 2, out_row)
+    return case
+
+
+def residual_case(cfg, rng, rows: int, channels: int) -> Case:
+    """Residual add of two int16 tensors with per-channel constants, int8 output."""
+    g = Geometry.from_config(cfg)
+    asm, mem = Assembler(g), Layout()
+    a = rng.integers(-30000, 30000, (rows, channels))
+    b = rng.integers(-30000, 30000, (rows, channels))
+    ma, mb = rng.integers(-20000, 20000, channels), rng.integers(-20000, 20000, channels)
+    bias = rng.integers(-(1 << 30), 1 << 30, channels)
+    s = rng.integers(18, 26, channels)
+    want = I.residual_add(a, b, ma, mb, bias, s, 8, 0)
+    lpr = channels // g.lanes
+    in_row = lpr * g.words_per_line(Target.V, 2) * g.bus_bytes
+    out_row = lpr * g.words_per_line(Target.V, 1) * g.bus_bytes
+    ca = mem.take(channels * 16)
+    asm.data(ca, pack_records(RES_RECORD, channels, ma=ma, mb=mb, bias=bias, s=s), "res")
+    aa, ba = mem.take(rows * in_row), mem.take(rows * in_row)
+    asm.data(aa, pack_rows(a, 2, in_row), "a")
+    asm.data(ba, pack_rows(b, 2, in_row), "b")
+    ya = mem.take(rows * out_row)
+    n = rows * lpr
+    asm.load_const(Target.RES_CONST, ca, channels)
+    asm.load(Target.V, aa, rows, lpr, 0, ebytes=2)
+    asm.load(Target.V, ba, rows, lpr, n, ebytes=2)
+    asm.residual_add(0, n, 2 * n, n, channels, out_bits=8)
+    asm.store(Target.V, ya, rows, lpr, 2 * n, row_elems=channels, ebytes=1)
+    case = Case("residual", asm.end())
+    case.expect("sum", ya, want, 1, out_row)
+    return case
+
+
 def _run(tmp_path, cfg, cases: list[Case], latency: int = 1, ready_prob: float = 1.0,
-         check_cycles: bool = True):
+         cycles: str = "equal"):
     src = write_verilog(Accelerator(cfg), "accel", tmp_path / "accel.v")
     specs = []
     for i, c in enumerate(cases):
@@ -181,7 +250,7 @@ def _run(tmp_path, cfg, cases: list[Case], latency: int = 1, ready_prob: float =
         path.write_bytes(c.program.to_bytes())
         specs.append({"name": c.name, "program": str(path), "mem_size": MEM_SIZE, "latency": latency,
                       "ready_prob": ready_prob, "seed": i, "checks": c.checks,
-                      "expected_cycles": program_cycles(c.program, cfg, latency) if check_cycles else None})
+                      "expected_cycles": program_cycles(c.program, cfg, latency), "cycles_check": cycles})
     (tmp_path / "cases.json").write_text(json.dumps(specs))
     return run_cocotb([src], "accel", "sim.tb_top", tmp_path / "sim", params={"cases": str(tmp_path / "cases.json")})
 
@@ -193,3 +262,41 @@ def test_top_programs_bit_exact_and_cycles(tmp_path):
     cases = [gemm_case(SMALL, rng, 10, 11, 7), layernorm_case(SMALL, rng, 3, 8),
              softmax_case(SMALL, rng, 3, 10), gemm_case(SMALL, rng, 6, 9, 5, GemmMode.SHIFT, "pv_shift")]
     _run(tmp_path, SMALL, cases)
+
+
+def _more_cases(rng) -> list[Case]:
+    return [gemm_case(SMALL, rng, 5, 7, 6, GemmMode.PACKED, "gemm_int4"),
+            gemm_case(SMALL, rng, 7, 2, 6, name="gemm_k_below_rows"),
+            gemm_case(SMALL, rng, 6, 5, 9, name="scores_int16", out_ebytes=2),
+            gemm_case(SMALL, rng, 5, 6, 7, name="bypass_int32", out_ebytes=4),
+            gemm_case(SMALL, rng, 6, 8, 5, name="bias_per_row", bias_per_row=True),
+            lut_case(SMALL, rng, 2, 10), residual_case(SMALL, rng, 3, 8)]
+
+
+def test_top_more_ops_slow_memory(tmp_path):
+    """Packed int4, K < rows, int16 and int32 (bypass) outputs, per-element bias, LUT and residual
+    add are bit-exact with a 3-cycle memory, and the cycle model still matches exactly."""
+    _run(tmp_path, SMALL, _more_cases(np.random.default_rng(9)), latency=3)
+
+
+def test_top_back_pressure(tmp_path):
+    """With a memory that is ready only 60 % of the cycles the results stay bit-exact and the
+    cycle model is a lower bound."""
+    rng = np.random.default_rng(13)
+    cases = [gemm_case(SMALL, rng, 9, 13, 6), softmax_case(SMALL, rng, 2, 7), residual_case(SMALL, rng, 2, 8)]
+    _run(tmp_path, SMALL, cases, latency=2, ready_prob=0.6, cycles="lower_bound")
+
+
+@pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")
+@pytest.mark.parametrize("cfg", [SMALL, AcceleratorConfig(name="lint", rows=3, cols=5, vector_lanes=8,
+                                                          act_buf_bytes=3 * 8 * 32, weight_buf_bytes=5 * 8 * 32,
+                                                          out_buf_bytes=20 * 32, mem_bus_bits=64,
+                                                          max_tokens=40, max_channels=64)],
+                         ids=["4x4-bus32", "3x5-bus64"])
+def test_top_verilator_lint(tmp_path, cfg):
+    """verilator --lint-only reports no error on the generated top (warnings allowed)."""
+    src = write_verilog(Accelerator(cfg), "accel", tmp_path / "accel.v")
+    proc = subprocess.run(["verilator", "--lint-only", "-Wno-fatal", "--top-module", "accel", str(src)],
+                          capture_output=True, text=True)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("%Error")]
+    assert proc.returncode == 0 and not errors, "\n".join(errors[:20]) or proc.stderr[-2000:]
