@@ -74,8 +74,19 @@ class FakeQuantPolicy(FloatPolicy):
     def bias(self, name, b):
         return torch.from_numpy(np.asarray(self.plan.biases[name], np.float64)).to(b.dtype)
 
-    def scores(self, name, s):
-        return quantize_scores(s)
+    def scores(self, name, s, head_dim):
+        # q·kᵀ of dequantized codes is an exact multiple of s_q·s_k/sqrt(d): recover the integer
+        # accumulator and requantize it with the very multiplier the graph uses
+        from calib.lower import score_multiplier
+        blk = name.rsplit(".", 1)[0]
+        sq = float(self.plan.acts[f"{blk}.q"].scale[0])
+        sk = float(self.plan.acts[f"{blk}.k"].scale[0])
+        hd = head_dim
+        step = sq * sk * hd ** -0.5
+        acc = torch.round(s.detach() / step).to(torch.int64).numpy()
+        m, sh = score_multiplier(sq, sk, hd)
+        t = I.requantize(acc, m, sh, 16, True)
+        return torch.from_numpy(t).to(s.dtype) / (_LOG2E * (1 << I.SCORE_FRAC))
 
     def softmax(self, name, s):
         # scores are already on the integer grid, so the integer Log-Int-Softmax applies

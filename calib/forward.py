@@ -35,7 +35,7 @@ class FloatPolicy:
     def bias(self, name: str, b: torch.Tensor) -> torch.Tensor:
         return b
 
-    def scores(self, name: str, s: torch.Tensor) -> torch.Tensor:
+    def scores(self, name: str, s: torch.Tensor, head_dim: int) -> torch.Tensor:
         return s
 
     def softmax(self, name: str, s: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,7 @@ def vit_forward(model, spec, pixels: torch.Tensor, policy=None, dtype=torch.floa
         qh = q.reshape(bsz, n, heads, hd).transpose(1, 2)
         kh = k.reshape(bsz, n, heads, hd).transpose(1, 2)
         vh = v.reshape(bsz, n, heads, hd).transpose(1, 2)
-        s = policy.scores(f"{b}.attn.scores", (qh @ kh.transpose(-2, -1)) * (hd ** -0.5))
+        s = policy.scores(f"{b}.attn.scores", (qh @ kh.transpose(-2, -1)) * (hd ** -0.5), hd)
         p = policy.softmax(f"{b}.attn.probs", s)
         o = (p @ vh).transpose(1, 2).reshape(bsz, n, d)
         o = policy.act(f"{b}.attn.out", o)

@@ -17,7 +17,7 @@ from calib.plan import ActQuant, QuantPlan
 from vit2hw import intops as I
 from vit2hw.graph import GRAPH_VERSION, Node, QuantizedGraph, TensorSpec
 
-__all__ = ["lower_plan", "LoweringError"]
+__all__ = ["lower_plan", "LoweringError", "score_multiplier"]
 
 _LOG2E = 1.0 / math.log(2.0)
 MULT_BITS = 16
@@ -113,6 +113,11 @@ def _layernorm_consts(ln, xin: TensorSpec, out: TensorSpec) -> dict[str, np.ndar
             "bb": bb.astype(np.int64)}
 
 
+def score_multiplier(s_q: float, s_k: float, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(M, S) taking q·kᵀ accumulators to scores·log2(e) at 2**-SCORE_FRAC (1/sqrt(d) folded in)."""
+    return _mult(s_q * s_k * head_dim ** -0.5 * _LOG2E * (1 << I.SCORE_FRAC))
+
+
 def lower_plan(plan: QuantPlan, model, spec) -> QuantizedGraph:
     """Build the integer graph of ``model`` quantized by ``plan``."""
     A = plan.acts
@@ -156,8 +161,7 @@ def lower_plan(plan: QuantPlan, model, spec) -> QuantizedGraph:
         h = g.add_node(Node(f"{b}.norm1", "layernorm", [xin], ln1.name, {},
                             _layernorm_consts(blk.norm1, g.tensors[xin], ln1), f"{b}.attn"), ln1)
         q, k, v = (linear(f"{b}.attn.{t}", f"{b}.attn.{t}", h, f"{b}.attn.{t}", (n_tok, d), f"{b}.attn") for t in "qkv")
-        sq, sk = float(g.tensors[q].scale[0]), float(g.tensors[k].scale[0])
-        m, s = _mult(sq * sk * hd ** -0.5 * _LOG2E * (1 << I.SCORE_FRAC))
+        m, s = score_multiplier(float(g.tensors[q].scale[0]), float(g.tensors[k].scale[0]), hd)
         scores = g.add_node(Node(f"{b}.attn.qk", "matmul_qk", [q, k], f"{b}.attn.scores", {"heads": heads},
                                  {"m": m.reshape(1), "s": s.reshape(1)}, f"{b}.attn"),
                             TensorSpec(f"{b}.attn.scores", (heads, n_tok, n_tok), 16, True,
