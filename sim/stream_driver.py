@@ -6,14 +6,16 @@ A unit under test has ``clk``/``rst``, a ``start`` strobe with ``cfg__*`` inputs
 :func:`run_operation` drives one operation cycle by cycle (optionally with random
 stalls on both streams, keeping ``valid`` asserted until accepted, as the stream rules
 require) and records on which cycle each handshake happened, so testbenches check both
-the data and the cycle model.
+the data and the cycle model. An optional ``probe`` runs in the read-only phase of every
+output handshake, so white-box checks sample internal signals in step with the outputs
+without a second per-cycle coroutine.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import cocotb
 from cocotb.clock import Clock
@@ -67,11 +69,15 @@ async def write_constants(dut, port: str, words: Iterable[tuple[int, int]]) -> N
 
 async def run_operation(dut, cfg: Mapping[str, int], beats: Sequence[int], n_out: int,
                         rng: random.Random | None = None, in_stall: float = 0.0,
-                        out_stall: float = 0.0, max_cycles: int = 200_000) -> OperationTrace:
+                        out_stall: float = 0.0, max_cycles: int = 200_000,
+                        probe: Callable[[int], None] | None = None) -> OperationTrace:
     """Strobe ``start`` with ``cfg``, feed ``beats`` and collect ``n_out`` output words.
 
     Returns after the last output; checks that ``busy`` is high while the operation
-    runs and drops right after its last output is accepted.
+    runs and drops right after its last output is accepted. With ``rng`` the ``cfg``
+    inputs hold random values after the ``start`` cycle, checking that the unit samples
+    them on ``start`` as the protocol says. ``probe(k)`` is called in
+    the read-only phase of the cycle in which output word ``k`` is accepted.
     """
     trace = OperationTrace()
     cycle = 0
@@ -82,6 +88,10 @@ async def run_operation(dut, cfg: Mapping[str, int], beats: Sequence[int], n_out
         if cycle == 0:
             for name, value in cfg.items():
                 _set(getattr(dut, f"cfg__{name}"), value)
+        elif cycle == 1 and rng is not None:
+            for name in cfg:
+                handle = getattr(dut, f"cfg__{name}")
+                _set(handle, rng.getrandbits(len(handle)))
         dut.start.value = 1 if cycle == 0 else 0
         if not offering and idx < len(beats):
             offering = rng is None or rng.random() >= in_stall
@@ -98,6 +108,8 @@ async def run_operation(dut, cfg: Mapping[str, int], beats: Sequence[int], n_out
             idx += 1
             offering = False
         if take and int(dut.o__valid.value):
+            if probe is not None:
+                probe(len(trace.outputs))
             trace.outputs.append(dut.o__payload.value.to_unsigned())
             trace.out_cycles.append(cycle)
         cycle += 1

@@ -1,6 +1,9 @@
 """cocotb testbench of hdl.layernorm.LayerNormUnit; scoreboard: intops.ptf_layernorm.
 
 Parameters (``tb_params()``): ``lanes``, ``max_channels``, ``in_bits``, ``out_width``, ``seed``.
+Besides the outputs, every operation checks the unit's reciprocal of each row (white box:
+``inv_out``) against ``intops.layernorm_reciprocal(isqrt(Q))``: a one-LSB error of the
+divider changes the outputs of only some rows, the reciprocal of every row.
 """
 
 from __future__ import annotations
@@ -33,8 +36,14 @@ def realistic_affine(nrng, c: int, out_scale: float = 0.05):
     return gm, gs, bb
 
 
+def row_roots(q: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``r = isqrt(Q)`` of each row of codes ``q`` after PTF alignment ``q << alpha``."""
+    return intops.isqrt(intops.layernorm_stats(np.left_shift(q, alpha))[1]).reshape(-1)
+
+
 async def ln_op(dut, p, q, alpha, gm, gs, bb, out_bits, zp, rng=None, stall=0.0):
-    """Load constants, run rows ``q`` through the unit and compare with ptf_layernorm."""
+    """Load constants, run rows ``q`` through the unit and compare with ptf_layernorm
+    (outputs) and layernorm_reciprocal (each row's internal reciprocal)."""
     lanes, in_bits = p["lanes"], p["in_bits"]
     rows, c = q.shape
     layout = layernorm_const_layout()
@@ -42,8 +51,24 @@ async def ln_op(dut, p, q, alpha, gm, gs, bb, out_bits, zp, rng=None, stall=0.0)
              for ch in range(c)]
     await write_constants(dut, "const_wr", words)
     beats = [pack_lanes(v, in_bits) for v in q.reshape(-1, lanes).tolist()]
+    beats_per_row = c // lanes
+    recips: list[int] = []
+
+    def sample_reciprocal(k: int) -> None:
+        # inv_out is latched before a row's first output and held until its last one
+        if k % beats_per_row == 0:
+            recips.append(dut.inv_out.value.to_unsigned())
+
     trace = await run_operation(dut, {"channels": c, "rows": rows, "out_bits": out_bits, "out_zp": zp},
-                                beats, len(beats), rng=rng, in_stall=stall, out_stall=stall)
+                                beats, len(beats), rng=rng, in_stall=stall, out_stall=stall,
+                                probe=sample_reciprocal)
+    r = row_roots(q, alpha)
+    want_inv = intops.layernorm_reciprocal(r)
+    got_inv = np.array(recips, np.int64)
+    assert got_inv.shape == want_inv.shape, (got_inv.shape, want_inv.shape)
+    bad = np.flatnonzero(got_inv != want_inv)
+    assert not bad.size, (f"reciprocal mismatch in rows {bad[:5].tolist()}: r = {r[bad[:5]].tolist()}, "
+                          f"got {got_inv[bad[:5]].tolist()} want {want_inv[bad[:5]].tolist()}")
     got = np.array([v for w in trace.outputs for v in unpack_lanes(w, p["out_width"], lanes)],
                    np.int64).reshape(q.shape)
     want = intops.ptf_layernorm(q, alpha, gm, gs, bb, out_bits, zp, in_bits)
@@ -128,7 +153,9 @@ async def cycle_model(dut):
 
 @cocotb.test()
 async def normalized_values_exposed(dut):
-    """With gm = 1, gs = 0, bb = 0 the output is n itself: isqrt/reciprocal exact on rows of every spread."""
+    """With gm = 1, gs = 0, bb = 0 the output is n itself: isqrt/reciprocal exact on rows of
+    every spread, on rows whose root is a power of two (exact quotient) and on constant
+    rows (r = 0); ln_op checks the internal reciprocal of each of them."""
     p = _p()
     nrng = np.random.default_rng(p["seed"] + 3)
     await reset_unit(dut)
@@ -139,15 +166,28 @@ async def normalized_values_exposed(dut):
     # ±v rows give Q = (C·v)², so r = C·v is a power of two for power-of-two C and v
     # (the divider's exact-quotient case inv = 2**16)
     sym = np.stack([np.resize([v, -v], c) for v in (1, 2, 3, 16, 64, 127)])
-    # two-spike rows [a, -b, 0, ...] whose root is a power of two: large |C·x − S| with
-    # the divider's exact-quotient case
+    # two-spike rows [a, -b, 0, ...] whose root (after the alignment by alpha) is a power
+    # of two, or one off it: large |C·x − S| with the divider's exact-quotient case and
+    # its neighbours on both sides of a bit-length step
     a, b = np.meshgrid(np.arange(1, hi + 1), np.arange(0, hi + 1), indexing="ij")
-    spikes = np.zeros((a.size, c), np.int64)
-    spikes[:, 0], spikes[:, 1] = a.reshape(-1), -b.reshape(-1)
-    r = intops.isqrt(intops.layernorm_stats(spikes)[1]).reshape(-1)
-    pow2 = spikes[(r > 0) & ((r & (r - 1)) == 0)]
-    pow2 = pow2[np.linspace(0, len(pow2) - 1, min(12, len(pow2))).astype(int)]
-    q = np.concatenate([q.clip(lo, hi), sym, pow2]).astype(np.int64)
+    const = np.stack([np.full(c, v) for v in (lo, 0, 5, hi)])           # Q = 0, r = 0
     ones, zero = np.ones(c, np.int64), np.zeros(c, np.int64)
+    roots = []
     for alpha in (nrng.integers(0, 4, c), np.full(c, 3, np.int64), np.zeros(c, np.int64)):
-        await ln_op(dut, p, q, alpha, ones, zero, zero, 16, 0)
+        # spikes on the two least-shifted channels: the finest lattice of roots
+        i, j = np.argsort(alpha, kind="stable")[:2]
+        spikes = np.zeros((a.size, c), np.int64)
+        spikes[:, i], spikes[:, j] = a.reshape(-1), -b.reshape(-1)
+        r = row_roots(spikes, alpha)
+        picked = []
+        for off, count in ((0, 12), (-1, 3), (1, 3)):
+            hit = spikes[(r - off > 0) & (((r - off) & (r - off - 1)) == 0)]
+            picked.append(hit[np.linspace(0, len(hit) - 1, min(count, len(hit))).astype(int)])
+        rows = np.concatenate([q.clip(lo, hi), sym, *picked, const]).astype(np.int64)
+        roots.append(row_roots(rows, alpha))
+        await ln_op(dut, p, rows, alpha, ones, zero, zero, 16, 0)
+    # (with all alphas 3 and C = 768 no two-spike row has a power-of-two root: cover the
+    # case over the whole test rather than per alignment)
+    r = np.concatenate(roots)
+    assert (r == 0).any() and ((r > 0) & ((r & (r - 1)) == 0)).sum() >= 6, \
+        "the rows must include r = 0 and power-of-two roots"

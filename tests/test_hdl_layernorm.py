@@ -1,7 +1,9 @@
 """LayerNormUnit: RTL bit-exact vs intops.ptf_layernorm, cycle model, lint.
 
 The cocotb runs compare every output code with ``intops.ptf_layernorm`` on random,
-realistic and edge rows, and the measured cycles with ``layernorm_cycles``.
+realistic and edge rows, every row's internal reciprocal with
+``intops.layernorm_reciprocal`` (white box, including ``r = 0`` and power-of-two ``r``),
+and the measured cycles with ``layernorm_cycles``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def _build(tmp_path, p):
 
 @pytest.mark.parametrize("p", PARAMS, ids=lambda p: f"lanes{p['lanes']}")
 def test_layernorm_unit_bit_exact_and_cycles(tmp_path, p):
-    """Outputs equal ptf_layernorm on random/edge rows; measured cycles equal layernorm_cycles."""
+    """Outputs equal ptf_layernorm and reciprocals layernorm_reciprocal on random/edge rows;
+    measured cycles equal layernorm_cycles."""
     src = _build(tmp_path, p)
     result = run_cocotb([src], "layernorm_unit", "sim.tb_layernorm", tmp_path / "sim",
                         params={**p, "seed": 5 + p["lanes"]})
