@@ -1,5 +1,11 @@
-"""Log-softmax unit: Log-Int-Softmax rows to 4-bit log2 codes, bit-exact with
-:func:`vit2hw.intops.log_int_softmax`.
+"""Softmax unit: integer softmax rows to 4-bit log2 codes or uniform 8-bit probabilities.
+
+Two output modes, chosen per operation by ``cfg.mode``, share the exponential and the sum:
+
+* :data:`SM_MODE_LOG2` — bit-exact with :func:`vit2hw.intops.log_int_softmax`
+  (codes ``k``, probability ``2**-k``, for the array's shift-mode attention×V);
+* :data:`SM_MODE_UNIFORM` — bit-exact with :func:`vit2hw.intops.uniform_softmax`
+  (codes ``p`` in ``0..PROB_MAX``, probability ``p/PROB_MAX``, for multiply-mode A×V).
 
 Per row of ``N`` scores ``t`` (``score·log2 e`` at ``2**-frac``, ``lanes`` per beat,
 element ``j`` in lane ``j % lanes`` of beat ``j // lanes``):
@@ -8,13 +14,18 @@ element ``j`` in lane ``j % lanes`` of beat ``j // lanes``):
 2. *exp pass* — the buffer is read back through a 4-register pipeline computing
    ``e = int_exp2_neg(t − max)`` (Horner polynomial on the fraction, right shift by the
    integer part); ``e`` overwrites ``t`` in the buffer and ``total = Σe`` accumulates;
-3. *code pass* — ``k = #{i in 0..14 : 2·total >= (3·e) << i}`` streams out through a
+3. *reciprocal* (uniform mode only) — ``R = floor(PROB_MAX·2**PROB_RECIP_SHIFT / total)``
+   by a restoring divider, one quotient bit per cycle (:data:`SM_RECIP_CYCLES`);
+4. *code pass* — log2: ``k = #{i in 0..14 : 2·total >= (3·e) << i}``; uniform:
+   ``p = min(round_shift(e·R, PROB_RECIP_SHIFT), PROB_MAX)``; streamed out through a
    2-register pipeline that stalls as a whole on output back-pressure.
 
-A row whose length is not a multiple of ``lanes`` ends with a partial beat: the padding
-lanes (any value) are left out of the maximum and the sum and come out as
-:data:`~vit2hw.intops.LOG2_ZERO_CODE`. The next row's max pass starts as soon as the last
-beat of a row enters the code pipeline. Timing is data independent (:func:`softmax_cycles`).
+Both modes emit :data:`SM_OUT_BITS`-bit signed lanes (log2 codes zero-extended). A row
+whose length is not a multiple of ``lanes`` ends with a partial beat: the padding lanes
+(any value) are left out of the maximum and the sum and come out as probability zero
+(:data:`~vit2hw.intops.LOG2_ZERO_CODE` in log2 mode, 0 in uniform mode). The next row's
+max pass starts as soon as the last beat of a row enters the code pipeline. Timing is
+data independent (:func:`softmax_cycles`).
 """
 
 from __future__ import annotations
@@ -23,43 +34,70 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from vit2hw.intops import EXP2_C1, EXP2_C2, EXP_FRAC, LOG2_CODE_BITS, LOG2_ZERO_CODE, SCORE_FRAC
+from vit2hw.intops import (EXP2_C1, EXP2_C2, EXP_FRAC, LOG2_ZERO_CODE, PROB_MAX,
+                           PROB_RECIP_SHIFT, SCORE_FRAC)
 from hdl.vecops import ceil_log2, round_shift_expr
 
 __all__ = [
+    "SM_MODE_LOG2",
+    "SM_MODE_UNIFORM",
+    "SM_OUT_BITS",
     "SM_EXP_PIPELINE_DEPTH",
     "SM_CODE_PIPELINE_DEPTH",
+    "SM_RECIP_CYCLES",
     "SM_START_CYCLES",
     "softmax_cycles",
     "SoftmaxUnit",
 ]
 
+#: ``cfg.mode``: 4-bit log2 codes (:func:`vit2hw.intops.log_int_softmax`)
+SM_MODE_LOG2 = 0
+#: ``cfg.mode``: uniform 8-bit probabilities (:func:`vit2hw.intops.uniform_softmax`)
+SM_MODE_UNIFORM = 1
+#: width of an output lane (signed; log2 codes 0..15 and probabilities 0..PROB_MAX both fit)
+SM_OUT_BITS = 8
+
 #: registers of the exp pass (read → u → Horner step 1 → step 2 → shifted exponential)
 SM_EXP_PIPELINE_DEPTH = 4
 #: registers of the code pass (read → e → code)
 SM_CODE_PIPELINE_DEPTH = 2
+#: quotient bits of the uniform-mode reciprocal R = floor(PROB_MAX·2**PROB_RECIP_SHIFT / total):
+#: total >= 2**EXP_FRAC (the row maximum alone contributes that), so R <= PROB_MAX << 17 < 2**24
+SM_RECIP_CYCLES = (PROB_MAX << (PROB_RECIP_SHIFT - EXP_FRAC)).bit_length()
 #: cycles from the ``start`` strobe to the first cycle ``i.ready`` can be high
 SM_START_CYCLES = 1
 
+# The divider starts from the partial remainder D >> SM_RECIP_CYCLES of the dividend
+# D = PROB_MAX << PROB_RECIP_SHIFT and brings down zeros: valid while D's low
+# SM_RECIP_CYCLES bits are zero and that first remainder is below the smallest total.
+assert PROB_RECIP_SHIFT >= SM_RECIP_CYCLES
+assert (PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_CYCLES)) < 1 << EXP_FRAC
+assert PROB_MAX < 1 << (SM_OUT_BITS - 1) and LOG2_ZERO_CODE < 1 << (SM_OUT_BITS - 1)
 
-def softmax_cycles(n: int, rows: int = 1, lanes: int = 1) -> int:
+
+def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SM_MODE_LOG2) -> int:
     """Cycles from the first accepted input beat to the last output beat (both counted).
 
     Assumes the input is always valid and the output always ready. Per row of
     ``B = ceil(n / lanes)`` beats: ``B`` in, ``B`` through the exp pass and its drain,
-    ``B`` issued to the code pass; the last row adds the code pipeline depth.
+    in uniform mode :data:`SM_RECIP_CYCLES` for the reciprocal, ``B`` issued to the
+    code pass; the last row adds the code pipeline depth.
     """
+    if mode not in (SM_MODE_LOG2, SM_MODE_UNIFORM):
+        raise ValueError(f"unknown softmax mode {mode}")
     if n < 1:
         raise ValueError("row length must be positive")
     if rows < 1:
         return 0
     beats = -(-int(n) // int(lanes))
     period = 3 * beats + SM_EXP_PIPELINE_DEPTH
+    if mode == SM_MODE_UNIFORM:
+        period += SM_RECIP_CYCLES
     return rows * period + SM_CODE_PIPELINE_DEPTH
 
 
 class SoftmaxUnit(wiring.Component):
-    """Log-Int-Softmax over rows of up to ``max_len`` scores, ``lanes`` scores per cycle.
+    """Integer softmax over rows of up to ``max_len`` scores, ``lanes`` scores per cycle.
 
     Parameters
     ----------
@@ -77,15 +115,18 @@ class SoftmaxUnit(wiring.Component):
     Attributes
     ----------
     cfg : In(...)
-        ``length`` (N, 1..max_len), ``rows``. Sampled on ``start``.
+        ``length`` (N, 1..max_len), ``rows``, ``mode`` (1 bit: :data:`SM_MODE_LOG2` = 0,
+        :data:`SM_MODE_UNIFORM` = 1; left undriven it stays 0). Sampled on ``start``.
     start : In(1)
         Begins an operation of ``rows`` rows; ignored while ``busy``.
     busy : Out(1)
         High from the cycle after ``start`` until the last output beat is accepted.
     i : In(stream.Signature(ArrayLayout(signed(score_bits), lanes)))
         ``ceil(N/lanes)`` beats per row, rows back to back.
-    o : Out(stream.Signature(ArrayLayout(unsigned(4), lanes)))
-        Codes ``k`` (probability ``2**-k``; 15 means zero), same beat layout as the input.
+    o : Out(stream.Signature(ArrayLayout(signed(SM_OUT_BITS), lanes)))
+        Same beat layout as the input. Log2 mode: codes ``k`` zero-extended (probability
+        ``2**-k``; 15 means zero). Uniform mode: ``p`` in ``0..PROB_MAX`` (probability
+        ``p/PROB_MAX``).
     """
 
     def __init__(self, lanes: int = 1, max_len: int = 256, score_bits: int = 16,
@@ -103,11 +144,12 @@ class SoftmaxUnit(wiring.Component):
             "cfg": In(wiring.Signature({
                 "length": Out(range(max_len + 1)),
                 "rows": Out(rows_width),
+                "mode": Out(1),
             })),
             "start": In(1),
             "busy": Out(1),
             "i": In(stream.Signature(data.ArrayLayout(signed(score_bits), lanes))),
-            "o": Out(stream.Signature(data.ArrayLayout(unsigned(LOG2_CODE_BITS), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(SM_OUT_BITS), lanes))),
         })
 
     def elaborate(self, platform):
@@ -124,6 +166,7 @@ class SoftmaxUnit(wiring.Component):
 
         length = Signal.like(self.cfg.length)
         rows_left = Signal(self.rows_width)
+        uniform = Signal()                                      # cfg.mode == SM_MODE_UNIFORM
         beats = Signal(range(groups + 1))
 
         buf = memory.Memory(shape=data.ArrayLayout(unsigned(bw), L), depth=groups, init=[])
@@ -197,16 +240,27 @@ class SoftmaxUnit(wiring.Component):
         ]
         with m.If(advance):
             m.d.sync += [cv[0].eq(c_issue), cv[1].eq(cv[0])]
-        code_total = Signal(totw)                 # the row sum the code pass compares against
+        # the row sum the code pass compares against (log2) and the divisor (uniform)
+        code_total = Signal(totw)
         twice_total = Cat(Const(0, 1), code_total)
+        # uniform mode: R, shifted in one quotient bit per cycle by the divider; stable
+        # while codes are in flight (the divider only runs when the code pass is empty)
+        recip = Signal(SM_RECIP_CYCLES)
+        drem = Signal(totw)                       # divider partial remainder, < total
+        dstep = Signal(range(SM_RECIP_CYCLES))
         for lane in range(L):
             e0 = Signal(ew, name=f"ce0_{lane}")
             e3x = e0 * 3
             code = sum((twice_total >= (e3x << i)) for i in range(LOG2_ZERO_CODE))
+            rounded = (e0 * recip + (1 << (PROB_RECIP_SHIFT - 1))) >> PROB_RECIP_SHIFT
+            prob = Signal(rounded.shape(), name=f"prob_{lane}")
+            m.d.comb += prob.eq(rounded)
+            prob_sat = Mux(prob > PROB_MAX, PROB_MAX, prob)
             with m.If(advance):
                 m.d.sync += [
                     e0.eq(rp.data[lane][:ew]),
-                    self.o.payload[lane].eq(Mux(cmask[lane], code, LOG2_ZERO_CODE)),
+                    self.o.payload[lane].eq(Mux(uniform, Mux(cmask[lane], prob_sat, 0),
+                                                Mux(cmask[lane], code, LOG2_ZERO_CODE))),
                 ]
         with m.If(advance):
             m.d.sync += cmask.eq(Cat(*lane_mask(g_rd)))
@@ -224,7 +278,7 @@ class SoftmaxUnit(wiring.Component):
         def load_cfg():
             return [length.eq(self.cfg.length), rows_left.eq(self.cfg.rows),
                     beats.eq((self.cfg.length + (L - 1)) >> lane_bits), g_in.eq(0),
-                    row_max.eq(-(1 << (sb - 1)))]
+                    row_max.eq(-(1 << (sb - 1))), uniform.eq(self.cfg.mode == SM_MODE_UNIFORM)]
 
         with m.FSM(name="sm") as fsm:
             with m.State("IDLE"):
@@ -245,9 +299,26 @@ class SoftmaxUnit(wiring.Component):
             with m.State("EXPDRAIN"):
                 # the last exponential is written at the end of this cycle once only the
                 # final stage holds data; the code pass may read it from the next cycle on
-                # (and the previous row's codes need ``code_total`` until they drain)
+                # (and the previous row's codes need ``code_total``/``recip`` until they drain)
                 with m.If(~Cat(*xv[:-1]).any() & code_empty):
-                    m.d.sync += [g_rd.eq(0), code_total.eq(total + Mux(xv[last], sum(e_out), 0))]
+                    m.d.sync += [
+                        g_rd.eq(0), code_total.eq(total + Mux(xv[last], sum(e_out), 0)),
+                        drem.eq(PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_CYCLES)), dstep.eq(0),
+                    ]
+                    with m.If(uniform):
+                        m.next = "RECIP"
+                    with m.Else():
+                        m.next = "CODE"
+            with m.State("RECIP"):
+                # restoring division of PROB_MAX << PROB_RECIP_SHIFT by the row sum; the
+                # dividend bits brought down are all zero
+                twice = Cat(Const(0, 1), drem)
+                with m.If(twice >= code_total):
+                    m.d.sync += [drem.eq(twice - code_total), recip.eq(Cat(Const(1, 1), recip))]
+                with m.Else():
+                    m.d.sync += [drem.eq(twice), recip.eq(Cat(Const(0, 1), recip))]
+                m.d.sync += dstep.eq(dstep + 1)
+                with m.If(dstep == SM_RECIP_CYCLES - 1):
                     m.next = "CODE"
             with m.State("CODE"):
                 with m.If(c_issue):

@@ -1,8 +1,11 @@
-"""cocotb testbench of hdl.softmax.SoftmaxUnit; scoreboard: intops.log_int_softmax.
+"""cocotb testbench of hdl.softmax.SoftmaxUnit; scoreboards: intops.log_int_softmax
+(``cfg.mode`` = log2) and intops.uniform_softmax (``cfg.mode`` = uniform).
 
 Parameters (``tb_params()``): ``lanes``, ``max_len``, ``seed``. Padding lanes of a
 partial last beat carry random values (larger than the row maximum too) and must come
-out as ``LOG2_ZERO_CODE`` without disturbing the row.
+out as probability zero (``LOG2_ZERO_CODE`` / 0) without disturbing the row. Every
+uniform-mode operation also checks the divider's reciprocal of each row (white box),
+because the 8-bit probabilities hide most one-LSB errors of it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import random
 import cocotb
 import numpy as np
 
-from hdl.softmax import SM_START_CYCLES, softmax_cycles
+from hdl.softmax import (SM_MODE_LOG2, SM_MODE_UNIFORM, SM_OUT_BITS, SM_START_CYCLES,
+                         softmax_cycles)
 from hdl.vecops import pack_lanes, unpack_lanes
 from sim.runner import tb_params
 from cocotb.triggers import FallingEdge, ReadOnly
@@ -22,6 +26,7 @@ from sim.stream_driver import reset_unit, run_operation
 from vit2hw import intops
 
 SCORE_BITS = 16
+MODES = (SM_MODE_LOG2, SM_MODE_UNIFORM)
 
 
 def _p() -> dict:
@@ -36,30 +41,54 @@ def realistic_scores(nrng, rows: int, n: int, sigma: float) -> np.ndarray:
     return np.clip(np.rint(real), -32768, 32767).astype(np.int64)
 
 
-async def sm_op(dut, p, t: np.ndarray, nrng, rng=None, stall=0.0):
-    """Run rows ``t`` ([rows, N]) through the unit and compare with log_int_softmax."""
+def check_reciprocals(t: np.ndarray, recips: list[int]) -> None:
+    """Each row's ``R`` is ``floor(PROB_MAX·2**PROB_RECIP_SHIFT / total)``, stated as the
+    defining inequality ``R·total <= D < (R+1)·total`` with ``total`` from int_exp2_neg."""
+    total = intops.int_exp2_neg(t - t.max(axis=-1, keepdims=True)).sum(axis=-1)
+    dividend = intops.PROB_MAX << intops.PROB_RECIP_SHIFT
+    assert len(recips) == len(total), (len(recips), len(total))
+    for row, (r, tot) in enumerate(zip(recips, total.tolist())):
+        assert r * tot <= dividend < (r + 1) * tot, \
+            f"row {row}: reciprocal {r} is not floor({dividend}/{tot}) = {dividend // tot}"
+
+
+async def sm_op(dut, p, t: np.ndarray, nrng, rng=None, stall=0.0, mode=SM_MODE_LOG2):
+    """Run rows ``t`` ([rows, N]) through the unit in ``mode``; compare with its intops function."""
     lanes = p["lanes"]
     rows, n = t.shape
     beats_per_row = -(-n // lanes)
     padded = nrng.integers(-32768, 32768, (rows, beats_per_row * lanes))
     padded[:, :n] = t
     beats = [pack_lanes(v, SCORE_BITS) for v in padded.reshape(-1, lanes).tolist()]
-    trace = await run_operation(dut, {"length": n, "rows": rows}, beats, len(beats),
-                                rng=rng, in_stall=stall, out_stall=stall)
-    got = np.array([v for w in trace.outputs for v in unpack_lanes(w, 4, lanes, signed=False)],
+    recips: list[int] = []
+
+    def sample_reciprocal(k: int) -> None:
+        # R is stable while a row's outputs drain: sample it at each row's first output
+        if k % beats_per_row == 0:
+            recips.append(dut.recip.value.to_unsigned())
+
+    trace = await run_operation(dut, {"length": n, "rows": rows, "mode": mode}, beats, len(beats),
+                                rng=rng, in_stall=stall, out_stall=stall,
+                                probe=sample_reciprocal if mode == SM_MODE_UNIFORM else None)
+    got = np.array([v for w in trace.outputs for v in unpack_lanes(w, SM_OUT_BITS, lanes)],
                    np.int64).reshape(rows, -1)
-    want = intops.log_int_softmax(t)
-    assert np.all(got[:, n:] == intops.LOG2_ZERO_CODE), "padding lanes must give the zero code"
+    if mode == SM_MODE_UNIFORM:
+        want, zero = intops.uniform_softmax(t), 0
+        check_reciprocals(t, recips)
+    else:
+        want, zero = intops.log_int_softmax(t), intops.LOG2_ZERO_CODE
+    assert np.all(got[:, n:] == zero), f"padding lanes must give probability zero (mode {mode})"
     got = got[:, :n]
     bad = np.argwhere(got != want)
     assert not bad.size, (f"mismatch at {bad[:5].tolist()}: got {got[got != want][:5].tolist()} "
-                          f"want {want[got != want][:5].tolist()} (N={n}, rows={rows})")
+                          f"want {want[got != want][:5].tolist()} (N={n}, rows={rows}, mode {mode})")
     return trace
 
 
 @cocotb.test()
 async def random_rows(dut):
-    """Realistic and uniform random score rows of several lengths, random stalls: equal to log_int_softmax."""
+    """Realistic and uniform random score rows of several lengths, random stalls, modes
+    alternating between operations: equal to log_int_softmax / uniform_softmax."""
     p = _p()
     rng = random.Random(p["seed"])
     nrng = np.random.default_rng(p["seed"])
@@ -69,14 +98,19 @@ async def random_rows(dut):
     if nmax >= 197:
         cases.append((197, 2, 3.0))                   # DeiT: 196 patches + class token
     for n, rows, sigma in cases:
-        await sm_op(dut, p, realistic_scores(nrng, rows, n, sigma), nrng, rng, 0.3)
-    await sm_op(dut, p, nrng.integers(-32768, 32768, (2, nmax)), nrng, rng, 0.3)
-    await sm_op(dut, p, nrng.integers(-3000, 3000, (2, nmax)), nrng, rng, 0.3)
+        t = realistic_scores(nrng, rows, n, sigma)
+        for mode in MODES:
+            await sm_op(dut, p, t, nrng, rng, 0.3, mode)
+    await sm_op(dut, p, nrng.integers(-32768, 32768, (2, nmax)), nrng, rng, 0.3, SM_MODE_UNIFORM)
+    await sm_op(dut, p, nrng.integers(-32768, 32768, (2, nmax)), nrng, rng, 0.3, SM_MODE_LOG2)
+    await sm_op(dut, p, nrng.integers(-3000, 3000, (2, nmax)), nrng, rng, 0.3, SM_MODE_UNIFORM)
+    await sm_op(dut, p, nrng.integers(-3000, 3000, (2, nmax)), nrng, rng, 0.3, SM_MODE_LOG2)
 
 
 @cocotb.test()
 async def edge_rows(dut):
-    """One dominant score, equal rows, full int16 span, fraction boundaries, length 1 and max."""
+    """One dominant score, equal rows, full int16 span, fraction boundaries, length 1, 2,
+    max and not a multiple of the lanes, in both modes."""
     p = _p()
     nrng = np.random.default_rng(p["seed"] + 1)
     await reset_unit(dut)
@@ -94,25 +128,59 @@ async def edge_rows(dut):
         -(idx % 17) * 256 - 255,                           # fraction at its top
         np.resize([0, 0, -1, -256, -257, -4095, -4096, -4097], n),
     ]).astype(np.int64)
-    await sm_op(dut, p, rows, nrng)
-    await sm_op(dut, p, np.array([[123]]), nrng)
-    await sm_op(dut, p, np.array([[-32768], [32767], [0]]), nrng)
-    await sm_op(dut, p, np.array([[7, 7]]), nrng)
+    odd = max(1, nmax - p["lanes"] // 2 - 1)              # partial last beat when lanes > 1
+    for mode in MODES:
+        await sm_op(dut, p, rows, nrng, mode=mode)
+        await sm_op(dut, p, rows[:, :odd], nrng, mode=mode)
+        await sm_op(dut, p, np.array([[123]]), nrng, mode=mode)
+        await sm_op(dut, p, np.array([[-32768], [32767], [0]]), nrng, mode=mode)
+        await sm_op(dut, p, np.array([[7, 7]]), nrng, mode=mode)
+
+
+@cocotb.test()
+async def uniform_reciprocal(dut):
+    """The uniform mode's divider gives floor(PROB_MAX·2**32/total) for totals from 2**15
+    (N = 1) to max_len·2**15 (all equal), exact quotients (k·2**15 with k a power of two)
+    and totals just above them, so a one-LSB error of the divider cannot pass unseen."""
+    p = _p()
+    nrng = np.random.default_rng(p["seed"] + 4)
+    await reset_unit(dut)
+    nmax = p["max_len"]
+    pow2 = [1 << i for i in range(nmax.bit_length()) if 1 << i <= nmax]
+    ks = sorted({k for k in pow2 + [k + 1 for k in pow2] + [k - 1 for k in pow2] + [nmax]
+                 if 1 <= k <= nmax})
+    # k scores at the maximum (e = 2**15 each), the rest far below (e = 0); a second
+    # variant adds one score 2**-8 below the maximum (e = 32682), breaking exactness
+    rows = []
+    for k in ks:
+        row = np.full(nmax, -32768, np.int64)
+        row[:k] = 1000
+        rows.append(row)
+        if k < nmax:
+            row = row.copy()
+            row[k] = 999
+            rows.append(row)
+    await sm_op(dut, p, np.stack(rows), nrng, mode=SM_MODE_UNIFORM)
+    for n in sorted({1, 3, nmax - 1, nmax} - {0}):                 # all-equal rows of length n
+        await sm_op(dut, p, np.full((1, n), -5, np.int64), nrng, mode=SM_MODE_UNIFORM)
 
 
 @cocotb.test()
 async def cycle_model(dut):
-    """Measured cycles (first input to last output, no stalls) equal softmax_cycles(), 1 and 3 rows."""
+    """Measured cycles (first input to last output, no stalls) equal softmax_cycles(), 1 and
+    3 rows, both modes."""
     p = _p()
     nrng = np.random.default_rng(p["seed"] + 2)
     await reset_unit(dut)
     lanes, nmax = p["lanes"], p["max_len"]
     for n in sorted({1, nmax - 1 if nmax > 1 else 1, nmax}):
         for rows in (1, 3):
-            trace = await sm_op(dut, p, realistic_scores(nrng, rows, n, 2.0), nrng)
-            want = softmax_cycles(n, rows, lanes)
-            assert trace.in_cycles[0] == SM_START_CYCLES, trace.in_cycles[0]
-            assert trace.cycles == want, f"N={n} rows={rows}: measured {trace.cycles}, model {want}"
+            for mode in MODES:
+                trace = await sm_op(dut, p, realistic_scores(nrng, rows, n, 2.0), nrng, mode=mode)
+                want = softmax_cycles(n, rows, lanes, mode)
+                assert trace.in_cycles[0] == SM_START_CYCLES, trace.in_cycles[0]
+                assert trace.cycles == want, \
+                    f"N={n} rows={rows} mode {mode}: measured {trace.cycles}, model {want}"
 
 
 async def _watch_exponentials(dut, lanes: int, sink: list[int]) -> None:

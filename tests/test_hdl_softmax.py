@@ -1,8 +1,9 @@
-"""SoftmaxUnit: RTL bit-exact vs intops.log_int_softmax, cycle model, lint.
+"""SoftmaxUnit: RTL bit-exact vs intops.log_int_softmax / intops.uniform_softmax, cycle model, lint.
 
-The cocotb runs compare every code with ``intops.log_int_softmax`` on realistic, random
-and edge rows (including partial last beats), and the measured cycles with
-``softmax_cycles``.
+The cocotb runs compare every output, in both ``cfg.mode`` settings, with the intops
+function of that mode on realistic, random and edge rows (including partial last
+beats), the uniform mode's per-row reciprocal with its definition, and the measured
+cycles with ``softmax_cycles``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import subprocess
 import pytest
 
 from hdl.emit import write_verilog
-from hdl.softmax import SM_CODE_PIPELINE_DEPTH, SM_EXP_PIPELINE_DEPTH, SoftmaxUnit, softmax_cycles
+from hdl.softmax import (SM_CODE_PIPELINE_DEPTH, SM_EXP_PIPELINE_DEPTH, SM_MODE_LOG2,
+                         SM_MODE_UNIFORM, SM_RECIP_CYCLES, SoftmaxUnit, softmax_cycles)
+from vit2hw import intops
 from sim.runner import run_cocotb
 
 PARAMS = [
@@ -30,20 +33,32 @@ def _build(tmp_path, p):
 
 @pytest.mark.parametrize("p", PARAMS, ids=lambda p: f"lanes{p['lanes']}")
 def test_softmax_unit_bit_exact_and_cycles(tmp_path, p):
-    """Codes equal log_int_softmax on random/edge rows; measured cycles equal softmax_cycles."""
+    """Both modes equal their intops function on random/edge rows; cycles equal softmax_cycles."""
     src = _build(tmp_path, p)
     result = run_cocotb([src], "softmax_unit", "sim.tb_softmax", tmp_path / "sim",
                         params={**p, "seed": 3 + p["lanes"]})
-    assert result.tests == 4
+    assert result.tests == 5
 
 
 def test_softmax_cycles_formula():
-    """Three passes over ceil(N/lanes) beats and the exp drain per row, one code drain at the end."""
+    """Three passes over ceil(N/lanes) beats and the exp drain per row (plus the divider in
+    uniform mode), one code drain at the end; the default mode is log2."""
     per_row = 3 * 50 + SM_EXP_PIPELINE_DEPTH
     assert softmax_cycles(197, 1, 4) == per_row + SM_CODE_PIPELINE_DEPTH
+    assert softmax_cycles(197, 1, 4, SM_MODE_LOG2) == per_row + SM_CODE_PIPELINE_DEPTH
     assert softmax_cycles(197, 197 * 3, 4) == 197 * 3 * per_row + SM_CODE_PIPELINE_DEPTH
+    assert softmax_cycles(197, 197 * 3, 4, SM_MODE_UNIFORM) == \
+        197 * 3 * (per_row + SM_RECIP_CYCLES) + SM_CODE_PIPELINE_DEPTH
     with pytest.raises(ValueError):
         softmax_cycles(0)
+    with pytest.raises(ValueError):
+        softmax_cycles(4, 1, 1, mode=2)
+
+
+def test_reciprocal_quotient_bits():
+    """The divider's quotient register holds R for the smallest possible row sum (2**EXP_FRAC)."""
+    largest = (intops.PROB_MAX << intops.PROB_RECIP_SHIFT) // (1 << intops.EXP_FRAC)
+    assert largest < 1 << SM_RECIP_CYCLES <= 2 * largest
 
 
 @pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")
