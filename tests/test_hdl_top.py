@@ -300,3 +300,38 @@ def test_top_verilator_lint(tmp_path, cfg):
                           capture_output=True, text=True)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("%Error")]
     assert proc.returncode == 0 and not errors, "\n".join(errors[:20]) or proc.stderr[-2000:]
+
+
+def _rtl_cli(argv):
+    import argparse
+    from vit2hw.cli_rtl import add_rtl_command
+    parser = argparse.ArgumentParser(prog="vit2hw")
+    add_rtl_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_rtl_command_is_deterministic(tmp_path):
+    """Two `vit2hw rtl` runs of one config write byte-identical files (top, units, config.json)."""
+    cfg_file = SMALL.save(tmp_path / "small.json")
+    outs = []
+    for run in ("a", "b"):
+        assert _rtl_cli(["rtl", "--config", str(cfg_file), "--out", str(tmp_path / run)]) == 0
+        outs.append({p.relative_to(tmp_path / run): p.read_bytes()
+                     for p in sorted((tmp_path / run).rglob("*")) if p.is_file()})
+    assert outs[0] == outs[1]
+    names = {str(p) for p in outs[0]}
+    assert {"accelerator.v", "config.json", "units/softmax_unit.v", "units/requantized_array.v"} <= names
+    assert b"module vit2hw_accelerator(" in outs[0][next(p for p in outs[0] if str(p) == "accelerator.v")]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--target", "nope"], "unknown accelerator preset"),
+    (["--array", "4by4"], "not of the form RxC"),
+    (["--target", "pynq-z2", "--array", "64x64"], "DSP"),
+])
+def test_rtl_command_rejects_bad_input(tmp_path, argv, msg):
+    """Unknown targets, malformed shapes and arrays beyond the device raise one ValueError, writing nothing."""
+    with pytest.raises(ValueError, match=msg):
+        _rtl_cli(["rtl", *argv, "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,176 @@
+"""ISA: field tables, encode/decode, Program containers, assembler checks, cycle model parity.
+
+The cycle-model parity tests pin ``vit2hw.cyclemodel``'s unit formulas to the functions of
+the hdl modules they restate, so neither can change alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hdl.config import AcceleratorConfig
+from vit2hw import cyclemodel as cm
+from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, PARAM_RECORD, Assembler, Geometry,
+                        Instruction, Op, Program, ProgramError, Segment, Target, decode, encode,
+                        field_offsets, pack_records, pack_rows, unpack_rows)
+
+SMALL = AcceleratorConfig(name="small", rows=4, cols=4, vector_lanes=4, act_buf_bytes=1024,
+                          weight_buf_bytes=1024, out_buf_bytes=1024, mem_bus_bits=32,
+                          max_tokens=32, max_channels=32)
+
+
+def test_every_opcode_fits_the_word():
+    """Each opcode's fields fit the 256-bit word after the 8-bit opcode, without overlap."""
+    for op in Op:
+        offs = field_offsets(op)
+        pos = OPCODE_BITS
+        for name, (off, f) in offs.items():
+            assert off == pos
+            pos += f.bits
+        assert pos <= INSTR_BITS
+
+
+@st.composite
+def instructions(draw):
+    op = draw(st.sampled_from(list(Op)))
+    vals = {}
+    for f in FIELDS[op]:
+        lo, hi = f.range
+        vals[f.name] = draw(st.integers(lo, hi))
+    return Instruction.make(op, **vals)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instructions())
+def test_encode_decode_round_trip(instr):
+    """decode(encode(i)) == i for every field value in range, from int and from bytes."""
+    word = encode(instr)
+    assert 0 <= word < 1 << INSTR_BITS
+    assert decode(word) == instr
+    assert decode(word.to_bytes(INSTR_BYTES, "little")) == instr
+
+
+def test_field_positions_are_the_documented_bits():
+    """GEMM k_beats sits right after its 7 leading fields; a signed field is two's complement."""
+    i = Instruction.make(Op.GEMM, k_beats=1)
+    assert encode(i) == int(Op.GEMM) | 1 << (8 + 2 + 1 + 6 + 1 + 1 + 1 + 16 + 16)
+    ln = Instruction.make(Op.LAYERNORM, out_zp=-1)
+    assert encode(ln) >> (8 + 24 + 24 + 16 + 16 + 6) == 0xFFFF
+
+
+def test_bad_instructions_are_rejected():
+    """Unknown fields, out-of-range values, unknown opcodes and stray bits raise ProgramError."""
+    with pytest.raises(ProgramError):
+        Instruction.make(Op.LOAD, nonsense=1)
+    with pytest.raises(ProgramError):
+        Instruction.make(Op.LOAD, rows=1 << 16)
+    with pytest.raises(ProgramError):
+        Instruction.make(Op.LAYERNORM, out_zp=1 << 15)
+    with pytest.raises(ProgramError):
+        decode(0xEE)
+    with pytest.raises(ProgramError):
+        decode(int(Op.END) | 1 << 100)
+
+
+def _program() -> Program:
+    asm = Assembler(Geometry.from_config(SMALL), entry=0x40)
+    asm.data(0x1000, bytes(range(40)), "x")
+    asm.load(Target.A, 0x1000, 5, 2, 0)
+    asm.gemm(5, 3, 7, 0, 0, 0, 0)
+    asm.fence()
+    p = asm.end()
+    p.meta["model"] = "t"
+    return p
+
+
+def test_program_round_trips():
+    """to_bytes/from_bytes and to_json/from_json reproduce the program exactly."""
+    p = _program()
+    assert Program.from_bytes(p.to_bytes()) == p
+    assert Program.from_json(p.to_json()) == p
+    assert p.to_bytes() == Program.from_bytes(p.to_bytes()).to_bytes()
+    with pytest.raises(ProgramError):
+        Program.from_bytes(p.to_bytes()[:-3])
+    with pytest.raises(ProgramError):
+        Program.from_bytes(b"XXXX" + p.to_bytes()[4:])
+
+
+def test_program_image_places_code_and_rejects_overlap():
+    """The image holds the code at entry (ending in END) and refuses overlapping segments."""
+    p = _program()
+    code = p.image()[0]
+    assert code.addr == 0x40 and len(code.data) == INSTR_BYTES * len(p.instructions)
+    assert decode(code.data[-INSTR_BYTES:]).op == Op.END
+    p.segments.append(Segment(0x1010, b"12", "clash"))
+    with pytest.raises(ProgramError):
+        p.image()
+
+
+def test_assembler_checks_alignment_and_capacity():
+    """Unaligned external addresses and loads past a scratchpad's depth are refused."""
+    asm = Assembler(Geometry.from_config(SMALL))
+    with pytest.raises(ProgramError):
+        asm.load(Target.A, 0x1002, 1, 1, 0)
+    with pytest.raises(ProgramError):
+        asm.load(Target.V, 0x1000, 100, 1, 0)
+    with pytest.raises(ProgramError):
+        asm.layernorm(0, 0, 1, 6, 8)
+
+
+def test_records_and_rows_pack_little_endian():
+    """pack_rows/unpack_rows round-trip padded rows; records are 16 bytes with fields in place."""
+    x = np.array([[-1, 2, 300], [4, -5, -32768]])
+    blob = pack_rows(x, 2, 8)
+    assert len(blob) == 16 and blob[:2] == b"\xff\xff"
+    assert np.array_equal(unpack_rows(blob, 2, 3, 2, 8), x)
+    rec = pack_records(PARAM_RECORD, 1, bias=-2, m=3, s=4, zp=-5)
+    assert rec[:4] == (-2).to_bytes(4, "little", signed=True) and rec[6] == 4 and rec[8:10] == b"\xfb\xff"
+    with pytest.raises(ProgramError):
+        pack_records(PARAM_RECORD, 1, m=1 << 15)
+
+
+def test_geometry_rejects_unsupported_buses():
+    """Vector lines must be whole bus words and the bus at most 128 bits."""
+    with pytest.raises(ValueError):
+        Geometry.from_config(AcceleratorConfig(vector_lanes=4, mem_bus_bits=64))
+    with pytest.raises(ValueError):
+        Geometry.from_config(AcceleratorConfig(mem_bus_bits=256, vector_lanes=32))
+
+
+# ------------------------------------------------------------------ cycle model parity
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (4, 4), (3, 5), (16, 16), (25, 48)])
+def test_tile_cycles_equal_hdl(rows, cols):
+    from hdl.systolic import tile_cycles
+    for k in (1, 2, 3, 7, 16, 33, 192):
+        for t in (1, 2, 5):
+            for mode in (0, 1, 2):
+                assert cm.tile_cycles(rows, cols, k, t, mode) == tile_cycles(rows, cols, k, t, mode)
+
+
+def test_vector_unit_formulas_equal_hdl():
+    from hdl.layernorm import layernorm_cycles
+    from hdl.softmax import softmax_cycles
+    from hdl.vector import vector_cycles
+    for lanes in (1, 4, 16):
+        for rows in (0, 1, 3, 197):
+            for mc in (32, 768, 1024):
+                assert cm.layernorm_cycles(64, rows, lanes, mc) == layernorm_cycles(64, rows, lanes, mc)
+            for n in (1, 5, 197):
+                assert cm.softmax_cycles(n, rows, lanes) == softmax_cycles(n, rows, lanes)
+        for n in (0, 1, 7, 768):
+            assert cm.vector_cycles(n, lanes) == vector_cycles(n, lanes)
+    from hdl.requant import REQUANT_LATENCY
+    assert cm.REQUANT_LATENCY == REQUANT_LATENCY
+
+
+def test_program_cycles_is_the_sum_of_instructions():
+    """program_cycles adds instruction_cycles and a final END; latency adds per memory read burst."""
+    p = _program()
+    g = Geometry.from_config(SMALL)
+    total = sum(cm.instruction_cycles(i, g, 2) for i in p.instructions)
+    assert cm.program_cycles(p, SMALL, 2) == total
+    load = p.instructions[0]
+    assert cm.instruction_cycles(load, g, 5) - cm.instruction_cycles(load, g, 1) == 2 * 4
