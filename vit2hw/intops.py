@@ -57,6 +57,7 @@ __all__ = [
     "PROB_MAX",
     "PROB_RECIP_SHIFT",
     "uniform_softmax",
+    "uniform_reciprocal",
     "build_lut",
     "apply_lut",
     "residual_add",
@@ -374,8 +375,16 @@ def uniform_softmax(t, frac: int = SCORE_FRAC, score_bits: int = 16) -> np.ndarr
     z = t - t.max(axis=-1, keepdims=True)
     e = int_exp2_neg(z, frac)
     total = e.sum(axis=-1, keepdims=True)
-    r = np.left_shift(np.int64(PROB_MAX), PROB_RECIP_SHIFT) // total
+    r = uniform_reciprocal(total)
     return np.minimum(round_shift(e * r, PROB_RECIP_SHIFT), PROB_MAX)
+
+
+def uniform_reciprocal(total) -> np.ndarray:
+    """``floor(PROB_MAX·2**PROB_RECIP_SHIFT / total)``: the softmax row's reciprocal (total >= 1)."""
+    total = _as_int(total)
+    if total.size and total.min() < 1:
+        raise IntegerRangeError("uniform_reciprocal: row sum below 1")
+    return np.left_shift(np.int64(PROB_MAX), PROB_RECIP_SHIFT) // total
 
 
 def shift_gemm(codes, v, v_bits: int, shift: int, zero_code: int, acc_bits: int = 32) -> np.ndarray:
