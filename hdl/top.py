@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from vit2hw.isa import Geometry, Op, RECORD_BYTES, Target
 
-from .controller import Controller, GemmEngine, VectorEngine
+from .controller import Controller, GemmEngine, VectorEngine, view
 from .dma import ADDR_BITS, BusMux, Fetcher, LoadEngine, StoreEngine, mem_bus_signature
 from .scratchpad import Scratchpad
 
@@ -84,7 +84,6 @@ class Accelerator(wiring.Component):
             m.d.comb += bus.sel.eq(1)
         with m.Elif(~ctrl.fetching & (op == Op.STORE)):
             m.d.comb += bus.sel.eq(2)
-        from .controller import view
         v_load, v_store = view(instr, Op.LOAD), view(instr, Op.STORE)
         for name, _ in load.cfg.signature.members.items():
             m.d.comb += getattr(load.cfg, name).eq(getattr(v_load, name))

@@ -20,7 +20,7 @@ and ``hdl/vector.py`` for many shapes, so the two cannot drift apart unnoticed.
 
 from __future__ import annotations
 
-from vit2hw.isa import INSTR_BYTES, Geometry, GemmMode, Instruction, Op, Program, Target
+from vit2hw.isa import INSTR_BYTES, Geometry, GemmMode, Instruction, Op, Program
 
 __all__ = [
     "REQUANT_LATENCY", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",

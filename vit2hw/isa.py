@@ -30,7 +30,7 @@ import enum
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
