@@ -135,7 +135,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {}
+def _extra_commands() -> dict:
+    """Commands whose modules pull in the hardware side; imported only when the parser is built."""
+    from vit2hw.cli_rtl import add_rtl_command
+    return {"rtl": add_rtl_command}
+
+
+COMMANDS: dict = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval)
 
-    for name, add in COMMANDS.items():
+    for name, add in {**_extra_commands(), **COMMANDS}.items():
         add(sub)
     return parser
 
