@@ -24,6 +24,8 @@ class Method:
     hardware_mappable: bool
     run: Callable[..., QuantPlan]
     mixed: bool = False
+    #: whether the method also takes one uniform width (8, w4a8, ...)
+    uniform: bool = True
 
 
 def parse_bits(text: str, depth: int) -> BitConfig:
@@ -48,15 +50,27 @@ def _fqvit(model, spec, pixels, bits: str, act_observer="minmax", progress=True,
                            progress=progress, method="fqvit", attn=attn)
 
 
+def _mixed(model, spec, pixels, bits: str, act_observer="minmax", progress=True, attn="auto", budget=None,
+           refine=None, **_):
+    from calib.mixed import calibrate_mixed
+    if str(bits).strip().lower() != "mixed":
+        raise BitsError("method mixed only allocates mixed widths (--bits mixed); uniform widths are fqvit's")
+    return calibrate_mixed(model, spec, pixels, budget, act_observer, progress=progress, attn=attn,
+                           method="mixed", refine=refine)
+
+
 METHODS: dict[str, Method] = {
     "fqvit": Method("fqvit", "FQ-ViT baseline: MinMax (or percentile) ranges, per-channel weights, "
                     "PTF LayerNorm inputs, 4-bit Log-Int-Softmax, GELU lookup table", True, _fqvit),
+    "mixed": Method("mixed", "FQ-ViT baseline quantizers; --bits mixed: per-block MSA/MLP widths from "
+                    "{4,6,8} by nuclear-norm sensitivity, least-sensitivity Pareto point within --budget "
+                    "average weight bits", True, _mixed, mixed=True, uniform=False),
 }
 
 
 def default_method(bits: str) -> str:
     """The method used when ``--method`` is not given."""
-    return "fqvit"
+    return "mixed" if str(bits).strip().lower() == "mixed" else "fqvit"
 
 
 def validate_bits(bits: str, depth: int, method: str, **opts) -> None:
@@ -65,9 +79,15 @@ def validate_bits(bits: str, depth: int, method: str, **opts) -> None:
         if not get_method(method).mixed:
             raise BitsError(f"method {method} does not do mixed precision; drop --bits mixed or choose "
                             f"one of: {', '.join(m.name for m in METHODS.values() if m.mixed) or 'none yet'}")
+        if opts.get("budget") is not None:
+            from calib.mixed import check_budget
+            check_budget(opts["budget"])
         return
     if opts.get("budget") is not None:
         raise BitsError("--budget applies only to --bits mixed")
+    if not get_method(method).uniform:
+        raise BitsError(f"method {method} only does --bits mixed; for uniform widths choose one of: "
+                        f"{', '.join(m.name for m in METHODS.values() if m.uniform)}")
     parse_bits(bits, depth)
 
 

@@ -116,6 +116,10 @@ def cmd_eval(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1 (got {args.limit})")
     data = load_eval_data(spec, args.data, args.limit)
+    if args.compare:
+        return _eval_compare(args, model, spec, data)
+    if args.table:
+        raise ValueError("--table applies only to --compare")
     result = _quantize(args, model, spec)
     metrics = evaluate(model, spec, result, data.images, data.labels, progress=not args.quiet)
     from calib.report import bits_record
@@ -132,6 +136,27 @@ def cmd_eval(args) -> int:
         print(_bits_summary(result.plan, model, spec))
     if args.json:
         write_json(args.json, metrics)
+    return 0
+
+
+def _eval_compare(args, model, spec, data) -> int:
+    """Every method at every standard width (see calib.compare); --method restricts the methods."""
+    from calib.compare import compare_methods, format_markdown, write_table
+    from calib.methods import get_method
+    methods = [get_method(args.method).name] if args.method else None
+    if args.budget is not None:
+        from calib.mixed import check_budget
+        check_budget(args.budget)
+    rows = compare_methods(model, spec, _calib_images(args, spec), data.images, data.labels, methods,
+                           act_observer=args.act_observer, attn=args.attn, budget=args.budget,
+                           progress=not args.quiet)
+    meta = {"model": spec.name, "data": data.source, "n_images": int(len(data.images)),
+            "calib_images": args.calib_images, "act_observer": args.act_observer, "attn": args.attn,
+            "budget": args.budget if args.budget is not None else "default"}
+    if args.table:
+        md, js = write_table(args.table, rows, meta)
+        print(f"wrote {md} and {js}")
+    print(format_markdown(rows, meta), end="")
     return 0
 
 
@@ -168,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(vit_digits: the held-out digits test split)")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only")
     p.add_argument("--json", help="write the metrics to this JSON file")
+    p.add_argument("--compare", action="store_true",
+                   help="run every method at W8A8, W6A6, W4A8, W4A4 and mixed (--bits ignored) and print a table")
+    p.add_argument("--table", help="with --compare: write the table as Markdown here and as JSON beside it")
     p.set_defaults(func=cmd_eval)
 
     for name, add in {**_extra_commands(), **COMMANDS}.items():
