@@ -107,6 +107,16 @@ def test_synthetic_deit_tiny_integer_tracks_fake_quant():
     fq = fakequant_logits(model, spec, r.plan, imgs)
     cos = (it * fq).sum(1) / np.linalg.norm(it, axis=1) / np.linalg.norm(fq, axis=1)
     assert cos.min() > 0.98
+    # where the spec says they must agree exactly: the integer patch embedding GEMM (pixels × folded
+    # weights) equals the fake-quant product of the same codes
+    g = r.graph
+    env = run_graph(g, graph_input(imgs[:1]), keep=True)
+    node = g.nodes["patch_embed"]
+    acc = I.int_gemm(env["patches"], node.consts["weight"], 8, 8)
+    w = r.plan.weights["patch_embed"]
+    pix = env["patches"] + 128
+    fq_acc = (pix * 1.0) @ w.dequant().T / w.scale
+    assert np.array_equal(acc + 128 * node.consts["weight"].sum(0), np.rint(fq_acc).astype(np.int64))
 
 
 @pytest.mark.realdata
