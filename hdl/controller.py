@@ -10,8 +10,9 @@ it streams one K step of every row of an A tile and of every column of a B tile 
 from the banked A/B scratchpads, supplies each drained row's requantization parameters from
 the P scratchpad in the drain cycle, and writes requantized rows into O.
 
-:class:`VectorEngine` runs LAYERNORM / SOFTMAX / LUT / RESIDUAL_ADD: it starts the unit,
-streams consecutive V lines into it and writes its output beats to consecutive V lines.
+:class:`VectorEngine` runs LAYERNORM / SOFTMAX (log2 or uniform, by its ``mode`` field) /
+LUT / RESIDUAL_ADD: it starts the unit, streams consecutive V lines into it and writes its
+output beats to consecutive V lines.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ class VectorEngine(wiring.Component):
         m.d.comb += [
             ln.cfg.channels.eq(v_ln.channels), ln.cfg.rows.eq(v_ln.rows),
             ln.cfg.out_bits.eq(v_ln.out_bits), ln.cfg.out_zp.eq(v_ln.out_zp),
-            sm.cfg.length.eq(v_sm.length), sm.cfg.rows.eq(v_sm.rows),
+            sm.cfg.length.eq(v_sm.length), sm.cfg.rows.eq(v_sm.rows), sm.cfg.mode.eq(v_sm.mode),
             vu.cfg.op.eq(Mux(op == Op.LUT, OP_LUT, OP_RESIDUAL)),
             vu.cfg.beats.eq(Mux(op == Op.LUT, v_lut.lines, v_res.lines)),
             vu.cfg.channels.eq(Mux(op == Op.LUT, L, v_res.channels)),

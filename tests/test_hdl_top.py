@@ -23,8 +23,8 @@ from hdl.top import Accelerator
 from sim.runner import run_cocotb
 from vit2hw import intops as I
 from vit2hw.cyclemodel import program_cycles
-from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, Assembler, Geometry, GemmMode, Program, Target,
-                        pack_records, pack_rows)
+from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, Assembler, Geometry, GemmMode, Program,
+                        SoftmaxMode, Target, pack_records, pack_rows)
 
 SMALL = AcceleratorConfig(name="small4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
                           weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
@@ -187,6 +187,53 @@ def softmax_case(cfg, rng, rows: int, length: int) -> Case:
     return case
 
 
+def uniform_attention_case(cfg, rng, rows: int, length: int, n: int) -> Case:
+    """Uniform softmax of int16 scores to probabilities 0..127, stored, then loaded as the A
+    operand of a multiply-mode P·V GEMM (int8 V, requantized to int8): both results checked."""
+    g = Geometry.from_config(cfg)
+    asm, mem = Assembler(g), Layout()
+    wb = g.bus_bytes
+    t = np.clip(np.rint(rng.normal(0, 600, (rows, length))), -32768, 32767).astype(np.int64)
+    t[0] = 0                                                      # a flat row: every p equal
+    t[-1, 1] = 32767                                              # one dominant score
+    probs = I.uniform_softmax(t)
+    v = rng.integers(-128, 128, (length, n))
+    acc = I.int_gemm(probs, v, 8, 8)
+    mult, shift = I.choose_multiplier(np.full(n, 100.0 / max(1, int(np.abs(acc).max()))), max_shift=40)
+    bias = rng.integers(-500, 500, n)
+    want = I.requantize(acc, mult, shift, 8, True, 0, bias)
+
+    lpr = _ceil(length, g.lanes)
+    in_row = lpr * g.words_per_line(Target.V, 2) * wb
+    p_row = lpr * g.words_per_line(Target.V, 1) * wb
+    k_lines = _ceil(length, wb)
+    assert k_lines * wb <= p_row
+    nt = _ceil(n, g.cols)
+    out_row = nt * g.words_per_line(Target.O, 1) * wb
+    ta = mem.take(rows * in_row)
+    asm.data(ta, pack_rows(t, 2, in_row), "scores")
+    va = mem.take(n * k_lines * wb)
+    asm.data(va, pack_rows(v.T, 1, k_lines * wb), "v_t")
+    params, p_lines = _param_lines(g, n, bias, mult, shift, 0)
+    pa = mem.take(len(params))
+    asm.data(pa, params, "params")
+    pr = mem.take(rows * p_row)
+    ya = mem.take(rows * out_row)
+
+    asm.load(Target.V, ta, rows, lpr, 0, ebytes=2)
+    asm.softmax(0, rows * lpr, rows, length, mode=SoftmaxMode.UNIFORM)
+    asm.store(Target.V, pr, rows, lpr, rows * lpr, row_elems=length, ebytes=1)
+    asm.load(Target.A, pr, rows, k_lines, 0, ext_stride=p_row)
+    asm.load(Target.B, va, n, k_lines, 0)
+    asm.load(Target.P, pa, p_lines, 1, 0)
+    asm.gemm(rows, n, length, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=8, mode=GemmMode.MUL8)
+    asm.store(Target.O, ya, rows, nt, 0, row_elems=n, ebytes=1)
+    case = Case("uniform_pv", asm.end())
+    case.expect("probs", pr, probs, 1, p_row)
+    case.expect("PV", ya, want, 1, out_row)
+    return case
+
+
 def lut_case(cfg, rng, rows: int, channels: int) -> Case:
     """GELU-style table lookup of int8 codes (table through LOAD LUT_TABLE), int16 results."""
     g = Geometry.from_config(cfg)
@@ -262,6 +309,28 @@ def test_top_programs_bit_exact_and_cycles(tmp_path):
     cases = [gemm_case(SMALL, rng, 10, 11, 7), layernorm_case(SMALL, rng, 3, 8),
              softmax_case(SMALL, rng, 3, 10), gemm_case(SMALL, rng, 6, 9, 5, GemmMode.SHIFT, "pv_shift")]
     _run(tmp_path, SMALL, cases)
+
+
+def test_top_uniform_softmax_then_pv(tmp_path):
+    """SOFTMAX mode=1 gives intops.uniform_softmax bit for bit (rows not a multiple of the lanes,
+    a flat row, a one-hot row), a MUL8 GEMM on those probabilities gives the requantized P·V,
+    and the program takes exactly program_cycles cycles (the uniform mode's divider included)."""
+    rng = np.random.default_rng(21)
+    _run(tmp_path, SMALL, [uniform_attention_case(SMALL, rng, 5, 11, 6)])
+
+
+def test_softmax_mode_cycles_equal_hdl():
+    """The cycle model's softmax cost follows hdl.softmax.softmax_cycles in both modes, and the
+    uniform mode costs exactly the divider's SM_RECIP_CYCLES more per row."""
+    from hdl.softmax import SM_RECIP_CYCLES, softmax_cycles
+    from vit2hw import cyclemodel as cm
+    for lanes in (1, 4, 16):
+        for rows in (0, 1, 3, 197):
+            for n in (1, 5, 17, 197):
+                for mode in SoftmaxMode:
+                    assert cm.softmax_cycles(n, rows, lanes, mode) == softmax_cycles(n, rows, lanes, int(mode))
+                assert (cm.softmax_cycles(n, rows, lanes, SoftmaxMode.UNIFORM)
+                        - cm.softmax_cycles(n, rows, lanes, SoftmaxMode.LOG2)) == rows * SM_RECIP_CYCLES
 
 
 def _more_cases(rng) -> list[Case]:

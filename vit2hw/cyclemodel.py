@@ -20,7 +20,8 @@ and ``hdl/vector.py`` for many shapes, so the two cannot drift apart unnoticed.
 
 from __future__ import annotations
 
-from vit2hw.isa import INSTR_BYTES, Geometry, GemmMode, Instruction, Op, Program
+from vit2hw.intops import EXP_FRAC, PROB_MAX, PROB_RECIP_SHIFT
+from vit2hw.isa import INSTR_BYTES, Geometry, GemmMode, Instruction, Op, Program, SoftmaxMode
 
 __all__ = [
     "REQUANT_LATENCY", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",
@@ -35,6 +36,8 @@ _LN_OUT_PIPELINE_DEPTH = 7
 _LN_ROW_OVERHEAD = 1 + 1 + 1 + 17 + 1
 _SM_EXP_PIPELINE_DEPTH = 4
 _SM_CODE_PIPELINE_DEPTH = 2
+#: uniform-mode reciprocal: one quotient bit per cycle (hdl.softmax.SM_RECIP_CYCLES)
+_SM_RECIP_CYCLES = (PROB_MAX << (PROB_RECIP_SHIFT - EXP_FRAC)).bit_length()
 _VECTOR_PIPELINE_DEPTH = 4
 
 
@@ -62,12 +65,18 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
     return rows * period + _LN_OUT_PIPELINE_DEPTH
 
 
-def softmax_cycles(n: int, rows: int = 1, lanes: int = 1) -> int:
+def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SoftmaxMode.LOG2) -> int:
+    """Softmax unit cycles; the uniform mode adds the per-row reciprocal's divider steps."""
+    if int(mode) not in (SoftmaxMode.LOG2, SoftmaxMode.UNIFORM):
+        raise ValueError(f"unknown softmax mode {mode}")
     if n < 1:
         raise ValueError("row length must be positive")
     if rows < 1:
         return 0
-    return rows * (3 * -(-n // lanes) + _SM_EXP_PIPELINE_DEPTH) + _SM_CODE_PIPELINE_DEPTH
+    period = 3 * -(-n // lanes) + _SM_EXP_PIPELINE_DEPTH
+    if int(mode) == SoftmaxMode.UNIFORM:
+        period += _SM_RECIP_CYCLES
+    return rows * period + _SM_CODE_PIPELINE_DEPTH
 
 
 def vector_cycles(n_elems: int, lanes: int = 1) -> int:
@@ -96,7 +105,7 @@ def _engine_cycles(instr: Instruction, g: Geometry, lat: int) -> int:
     if op == Op.LAYERNORM:
         return 1 + layernorm_cycles(instr["channels"], instr["rows"], g.lanes, g.max_channels)
     if op == Op.SOFTMAX:
-        return 1 + softmax_cycles(instr["length"], instr["rows"], g.lanes)
+        return 1 + softmax_cycles(instr["length"], instr["rows"], g.lanes, instr.get("mode"))
     if op in (Op.LUT, Op.RESIDUAL_ADD):
         return 1 + vector_cycles(instr["lines"] * g.lanes, g.lanes)
     return 0

@@ -36,7 +36,7 @@ import numpy as np
 
 __all__ = [
     "ISA_VERSION", "INSTR_BITS", "INSTR_BYTES", "RECORD_BYTES",
-    "Op", "Target", "GemmMode", "FIELDS", "Field",
+    "Op", "Target", "GemmMode", "SoftmaxMode", "FIELDS", "Field",
     "Instruction", "encode", "decode", "Segment", "Program", "ProgramError",
     "Geometry", "PARAM_RECORD", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
     "pack_records", "pack_rows", "unpack_rows", "Assembler",
@@ -86,6 +86,12 @@ class GemmMode(enum.IntEnum):
     SHIFT = 2
 
 
+class SoftmaxMode(enum.IntEnum):
+    """Output of a SOFTMAX (same numbering as ``hdl.softmax.SM_MODE_*``)."""
+    LOG2 = 0      # 4-bit log2 codes (intops.log_int_softmax), for SHIFT-mode P·V
+    UNIFORM = 1   # probabilities 0..PROB_MAX (intops.uniform_softmax), for MUL8 P·V
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -117,7 +123,8 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
               "a_addr:u24", "a_row_lines:u16", "b_addr:u24", "b_row_lines:u16",
               "o_addr:u24", "p_addr:u24"),
     Op.LAYERNORM: ("src:u24", "dst:u24", "rows:u16", "channels:u16", "out_bits:u6", "out_zp:s16"),
-    Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16"),
+    # ``mode`` was appended (bit 88) so that words written before it decode as log2 softmax
+    Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16", "mode:u1"),
     Op.LUT: ("src:u24", "dst:u24", "lines:u24", "lut_bits:u4"),
     Op.RESIDUAL_ADD: ("src_a:u24", "src_b:u24", "dst:u24", "lines:u24", "channels:u16",
                       "out_bits:u6", "out_zp:s16"),
@@ -540,8 +547,11 @@ class Assembler:
         return self.emit(Op.LAYERNORM, src=src, dst=dst, rows=rows, channels=channels,
                          out_bits=out_bits, out_zp=out_zp)
 
-    def softmax(self, src: int, dst: int, rows: int, length: int) -> Instruction:
-        return self.emit(Op.SOFTMAX, src=src, dst=dst, rows=rows, length=length)
+    def softmax(self, src: int, dst: int, rows: int, length: int,
+                mode: SoftmaxMode = SoftmaxMode.LOG2) -> Instruction:
+        if length > self.g.max_tokens:
+            raise ProgramError(f"softmax rows of {length} exceed the unit's {self.g.max_tokens}")
+        return self.emit(Op.SOFTMAX, src=src, dst=dst, rows=rows, length=length, mode=int(mode))
 
     def lut(self, src: int, dst: int, lines: int, lut_bits: int = 8) -> Instruction:
         return self.emit(Op.LUT, src=src, dst=dst, lines=lines, lut_bits=lut_bits)
