@@ -1,0 +1,627 @@
+"""Scheduler: lower a QuantizedGraph onto an accelerator configuration as one Program.
+
+``schedule(graph, config) -> ScheduledProgram``. The graph's ops (in networkx
+topological order) become instructions of :mod:`vit2hw.isa`:
+
+=============== ==============================================================================
+``linear``      tiled GEMM (:mod:`vit2hw.tiling`): A = activations (row-major), B = the weight's
+                [out, in] rows, requantization records per column in P (MUL8; SHIFT for
+                4-bit Shift-Log2 inputs). The patch embedding's per-token bias uses one
+                record per output element (``bias_per_row``).
+                A linear whose output is the V of an attention is computed *transposed*
+                (Vᵀ = Wᵀ·Xᵀ: A = weight rows, B = token rows, one record per output row),
+                because P·V needs Vᵀ rows (K contiguous) in B and there is no transpose DMA.
+``matmul_qk``   one GEMM per head: A = q head slice, B = k head slice (strided loads), int16.
+``softmax``     V-unit rows: LOAD V (int16 scores) → SOFTMAX → STORE V (codes / probabilities).
+``attn_v``      one GEMM per head: A = probabilities, B = the head's Vᵀ rows; SHIFT mode for
+                4-bit log2 codes, MUL8 for uniform 8-bit probabilities.
+``layernorm``   LN constants → LN_CONST; LOAD V → LAYERNORM → STORE V, in row chunks.
+``lut``         table → LUT_TABLE; LOAD V → LUT → STORE V.
+``residual_add`` constants → RES_CONST; LOAD V a, LOAD V b → RESIDUAL_ADD → STORE V.
+``take_rows`` / ``prepend_row``  no instructions: views of regions (:mod:`vit2hw.memplan`).
+``patchify``    done by the host: the program's input is the patch matrix. The input
+                :class:`Placement` records the transform so :func:`write_input` accepts
+                either the image codes or the patches.
+=============== ==============================================================================
+
+Every GEMM-to-vector hand-over goes through external memory (STORE then LOAD): the
+controller has no on-chip forwarding. Loads whose data is already resident in a
+scratchpad (same source, same lines, nothing written over them since) are skipped.
+Instructions run strictly in order; the cycle model and reports say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vit2hw import intops as I
+from vit2hw.graph import Node, QuantizedGraph, TensorSpec
+from vit2hw.isa import (FIELDS, LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Assembler,
+                        Geometry, GemmMode, Op, Program, Segment, Target, pack_records, pack_rows, unpack_rows)
+from vit2hw.memplan import MemoryPlan, Region, element_bytes
+from vit2hw.tiling import TileError, choose_blocking
+
+__all__ = ["Placement", "ScheduledProgram", "GemmInfo", "schedule", "write_input", "read_output",
+           "prepare_inputs", "TileError", "SOFTMAX_MODE_FIELD"]
+
+#: the SOFTMAX field selecting the uniform 8-bit probability mode (value 1), once the ISA has it
+SOFTMAX_MODE_FIELD = "mode"
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ------------------------------------------------------------------ public data
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a program input/output lives in external memory.
+
+    A row-major matrix of ``prod(shape[:-1])`` rows and ``shape[-1]`` columns of
+    ``ebytes``-byte little-endian integers (``signed`` or not, ``bits`` significant), row
+    ``r`` at ``addr + r·row_stride``. ``tensor`` is the graph tensor stored there. For the
+    input, ``source``/``source_shape``/``transform`` describe a host-side step from the graph
+    input (``"patchify"`` with ``patch``): :func:`write_input` applies it when given the
+    graph input's codes.
+    """
+    addr: int
+    shape: tuple[int, ...]
+    ebytes: int
+    row_stride: int
+    signed: bool
+    bits: int
+    tensor: str
+    source: str = ""
+    source_shape: tuple[int, ...] = ()
+    transform: str = ""
+    patch: int = 0
+
+    @property
+    def rows(self) -> int:
+        return int(np.prod(self.shape[:-1], dtype=np.int64)) if len(self.shape) > 1 else 1
+
+    @property
+    def cols(self) -> int:
+        return int(self.shape[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.row_stride
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"], d["source_shape"] = list(self.shape), list(self.source_shape)
+        return d
+
+
+@dataclass(frozen=True)
+class GemmInfo:
+    """What a GEMM-like node costs in MACs and how it runs on the array."""
+    node: str
+    op: str
+    macs: int
+    mode: str        # "mul8", "packed", "shift"
+    packed: bool
+
+
+@dataclass
+class ScheduledProgram:
+    """A Program plus everything needed to feed it, read it and attribute its cycles."""
+    program: Program
+    inputs: dict[str, Placement]
+    outputs: dict[str, Placement]
+    per_instr_layer: list[str]
+    mem_bytes: int
+    gemms: dict[str, GemmInfo] = field(default_factory=dict)
+    regions: dict[str, Region] = field(default_factory=dict)
+    memory: dict[str, int] = field(default_factory=dict)   # bytes per kind (weights, activations, ...)
+    node_ops: dict[str, str] = field(default_factory=dict)
+    node_modules: dict[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ input / output helpers
+
+def prepare_inputs(placement: Placement, codes: np.ndarray) -> np.ndarray:
+    """``codes`` in the placement's shape: as given, or after the host transform (patchify)."""
+    x = np.asarray(codes, np.int64)
+    if tuple(x.shape) == tuple(placement.shape):
+        return x
+    if placement.transform == "patchify" and tuple(x.shape) == tuple(placement.source_shape):
+        from vit2hw.reference import run_node
+        node = Node("patchify", "patchify", [placement.source], placement.tensor, {"patch": placement.patch})
+        spec = TensorSpec(placement.tensor, tuple(placement.shape), placement.bits, placement.signed)
+        return run_node(node, {placement.tensor: spec}, [x[None]])[0]
+    raise ValueError(f"input codes of shape {x.shape} match neither {placement.shape} nor "
+                     f"{placement.source_shape or '-'}")
+
+
+def write_input(image, placement: Placement, codes) -> None:
+    """Write input ``codes`` into ``image`` (a ``bytearray`` memory image, or a dict
+    ``{addr: bytes}`` of segments) at ``placement``; image codes are patchified first."""
+    x = prepare_inputs(placement, codes).reshape(placement.rows, placement.cols)
+    I.check_range(x, placement.bits, placement.signed, f"input {placement.tensor}")
+    blob = pack_rows(x, placement.ebytes, placement.row_stride)
+    if isinstance(image, dict):
+        image[placement.addr] = blob
+    else:
+        if placement.addr + len(blob) > len(image):
+            raise ValueError(f"memory image of {len(image)} bytes too small for input at {placement.addr:#x}")
+        image[placement.addr:placement.addr + len(blob)] = blob
+
+
+def read_output(mem_bytes, placement: Placement) -> np.ndarray:
+    """The integer codes at ``placement`` (shape ``placement.shape``) from a memory image
+    (bytes-like, or any object with ``read(addr, n)``)."""
+    n = placement.nbytes
+    if hasattr(mem_bytes, "read"):
+        blob = bytes(mem_bytes.read(placement.addr, n))
+    else:
+        blob = bytes(memoryview(mem_bytes)[placement.addr:placement.addr + n])
+    x = unpack_rows(blob, placement.rows, placement.cols, placement.ebytes, placement.row_stride,
+                    placement.signed)
+    return x.reshape(placement.shape)
+
+
+# ------------------------------------------------------------------ operands
+
+@dataclass(frozen=True)
+class _Matrix:
+    """A GEMM operand in external memory: ``rows`` rows of ``kbytes`` bytes, ``stride`` apart."""
+    addr: int
+    rows: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class _Params:
+    kind: str       # "col", "elem", "row"
+    addr: int
+    line_stride: int  # bytes between consecutive row groups ("elem": one output row's lines)
+
+
+class _Residency:
+    """Which LOADs' data a scratchpad still holds, so identical reloads can be skipped."""
+
+    def __init__(self):
+        self.held: dict[int, list[tuple[tuple, int, int]]] = {}
+
+    def lookup(self, target: Target, key: tuple) -> bool:
+        return any(k == key for k, _, _ in self.held.get(int(target), []))
+
+    def record(self, target: Target, key: tuple, lo: int, hi: int) -> None:
+        kept = [(k, a, b) for k, a, b in self.held.get(int(target), []) if b <= lo or a >= hi]
+        self.held[int(target)] = kept + [(key, lo, hi)]
+
+
+# ------------------------------------------------------------------ the scheduler
+
+class _Scheduler:
+    def __init__(self, graph: QuantizedGraph, config, mem_latency: int = 1):
+        self.graph = graph
+        self.config = config
+        self.g = Geometry.from_config(config)
+        self.asm = Assembler(self.g)
+        self.plan = MemoryPlan(self.g.bus_bytes)
+        self.lat = mem_latency
+        self.res = _Residency()
+        self.regions: dict[str, Region] = {}
+        self.transposed: dict[str, Region] = {}
+        self.layers: list[str] = []
+        self.gemms: dict[str, GemmInfo] = {}
+        self._segments: list[tuple[int, bytes, str]] = []
+        self._softmax_has_mode = any(f.name == SOFTMAX_MODE_FIELD for f in FIELDS[Op.SOFTMAX])
+
+    # ---------------------------------------------------------- helpers
+    def spec(self, t: str) -> TensorSpec:
+        return self.graph.tensors[t]
+
+    @staticmethod
+    def rows_cols(spec: TensorSpec) -> tuple[int, int]:
+        shape = spec.shape
+        return (int(np.prod(shape[:-1])) if len(shape) > 1 else 1), int(shape[-1])
+
+    def const(self, blob: bytes, name: str, kind: str) -> int:
+        addr = self.plan.take(len(blob), name, kind)
+        self._segments.append((addr, blob, name))
+        return addr
+
+    def load(self, target: Target, ext_addr: int, rows: int, row_lines: int, spad: int,
+             ext_stride: int, ebytes: int = 1) -> None:
+        key = (ext_addr, ext_stride, rows, row_lines, spad, ebytes)
+        if target == Target.V:
+            self.asm.load(target, ext_addr, rows, row_lines, spad, ext_stride=ext_stride, ebytes=ebytes)
+            return
+        if self.res.lookup(target, key):
+            return
+        self.asm.load(target, ext_addr, rows, row_lines, spad, ext_stride=ext_stride, ebytes=ebytes)
+        banks = {Target.A: self.g.rows, Target.B: self.g.cols}.get(target)
+        hi = spad + (_ceil(rows, banks) * row_lines if banks else rows * row_lines)
+        self.res.record(target, key, spad, hi)
+
+    def load_const(self, target: Target, addr: int, count: int) -> None:
+        self.load(target, addr, count, 1, 0, RECORD_BYTES)
+
+    def unsupported(self, node: Node, why: str):
+        raise NotImplementedError(f"{node.name} ({node.op}): {why}")
+
+    # ---------------------------------------------------------- memory plan
+    def plan_regions(self, order: list[Node]) -> None:
+        """A region per tensor; prepend_row / take_rows outputs are views (see memplan)."""
+        alias: dict[str, tuple[str, int, int]] = {}      # tensor -> (parent, row offset, rows)
+        for node in order:
+            if node.op == "take_rows":
+                alias[node.output] = (node.inputs[0], node.attrs["start"], node.attrs["count"])
+        for node in order:
+            if node.op == "prepend_row":
+                x = node.inputs[0]
+                if x not in self.graph.inputs and x not in alias and x not in self.graph.outputs:
+                    alias[x] = (node.output, 1, self.rows_cols(self.spec(x))[0])
+        roots = [t for t in self.graph.tensors if t not in alias]
+        for t in roots:
+            spec = self.spec(t)
+            if t in self.graph.inputs and all(n.op == "patchify" for n in self.graph.consumers(t)):
+                continue   # the host patchifies: the image never enters accelerator memory
+            rows, cols = self.rows_cols(spec)
+            self.regions[t] = self.plan.tensor(t, rows, cols, element_bytes(spec.bits))
+
+        def resolve(t: str) -> Region:
+            if t in self.regions:
+                return self.regions[t]
+            parent, start, count = alias[t]
+            r = resolve(parent).view_rows(start, count)
+            self.regions[t] = r
+            return r
+        for t in list(alias):
+            resolve(t)
+
+    def plan_transposed(self, order: list[Node]) -> None:
+        """Linear outputs used as the V of an attention get a transposed region too."""
+        for node in order:
+            if node.op == "attn_v":
+                v = node.inputs[1]
+                prod = self.graph.producer(v)
+                if prod is None or prod.op != "linear":
+                    self.unsupported(node, "V must come straight from a linear layer (computed transposed)")
+                rows, cols = self.rows_cols(self.spec(v))
+                if v not in self.transposed:
+                    self.transposed[v] = self.plan.tensor(v + ".T", cols, rows, element_bytes(self.spec(v).bits))
+
+    # ---------------------------------------------------------- GEMM
+    def param_lines(self, ncols: int, bias, m, s, zp) -> bytes:
+        """Records for ``ncols`` columns, padded to whole column tiles (one line per tile)."""
+        C = self.g.cols
+        total = _ceil(ncols, C) * C
+        pad = lambda v: np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (ncols,)),
+                                        np.zeros(total - ncols, np.int64)])
+        return pack_records(PARAM_RECORD, total, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp))
+
+    def gemm(self, what: str, a: _Matrix, b: _Matrix, k_beats: int, params: _Params, out: Region,
+             out_bits: int, mode: GemmMode, out_col0: int = 0, a_unsigned: bool = False) -> None:
+        """Emit the blocked GEMM ``out[:, out_col0:+b.rows] = requant(A @ Bᵀ)``."""
+        g = self.g
+        R, C, wb = g.rows, g.cols, g.bus_bytes
+        m, n = a.rows, b.rows
+        eb = out.ebytes
+        if (C * eb) % wb:
+            raise TileError(f"buffers too small for a tile: {what}: a column tile of {C} x {eb}-byte outputs "
+                            f"is not whole {wb}-byte bus words (choose cols a multiple of {wb // np.gcd(wb, eb)})")
+        if (out.addr + out_col0 * eb) % wb:
+            raise TileError(f"{what}: output column {out_col0} is not bus-word aligned")
+        lines = _ceil(k_beats, wb)
+        blk = choose_blocking(g, m, n, k_beats, params.kind, what, self.lat)
+        mt, nt = _ceil(m, R), _ceil(n, C)
+        lineb = C * RECORD_BYTES
+        row_blocks = [(i * blk.tm * R, min(blk.tm * R, m - i * blk.tm * R)) for i in range(_ceil(mt, blk.tm))]
+        col_blocks = [(j * blk.tn * C, min(blk.tn * C, n - j * blk.tn * C)) for j in range(_ceil(nt, blk.tn))]
+        pairs = ([(rb, cb) for rb in row_blocks for cb in col_blocks] if blk.order == "rows"
+                 else [(rb, cb) for cb in col_blocks for rb in row_blocks])
+        for (r0, rows), (c0, cols) in pairs:
+            tmb, tnb = _ceil(rows, R), _ceil(cols, C)
+            self.load(Target.A, a.addr + r0 * a.stride, rows, lines, 0, a.stride)
+            self.load(Target.B, b.addr + c0 * b.stride, cols, lines, 0, b.stride)
+            if params.kind == "col":
+                self.load(Target.P, params.addr + (c0 // C) * lineb, tnb, 1, 0, lineb)
+            elif params.kind == "elem":
+                self.load(Target.P, params.addr + r0 * params.line_stride + (c0 // C) * lineb,
+                          tmb * R, tnb, 0, params.line_stride)
+            else:
+                self.load(Target.P, params.addr + r0 * lineb, tmb * R, 1, 0, lineb)
+            ext = out.addr + r0 * out.stride + (out_col0 + c0) * eb
+            common = dict(out_bits=out_bits, mode=mode, a_unsigned=a_unsigned, a_row_lines=lines,
+                          b_row_lines=lines)
+            if params.kind == "row":
+                for jl in range(tnb):
+                    tcols = min(C, cols - jl * C)
+                    self.asm.gemm(rows, tcols, k_beats, a_addr=0, b_addr=jl * lines, o_addr=jl * tmb * R,
+                                  p_addr=0, bias_per_row=True, **common)
+                for jl in range(tnb):
+                    tcols = min(C, cols - jl * C)
+                    self.asm.store(Target.O, ext + jl * C * eb, rows, 1, jl * tmb * R, row_elems=tcols,
+                                   ext_stride=out.stride, ebytes=eb)
+            else:
+                self.asm.gemm(rows, cols, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0,
+                              bias_per_row=params.kind == "elem", **common)
+                self.asm.store(Target.O, ext, rows, tnb, 0, row_elems=cols, ext_stride=out.stride, ebytes=eb)
+
+    def weight_rows(self, w_t: np.ndarray, name: str) -> _Matrix:
+        """Weight rows (one per output channel, K bytes each) as a constant segment."""
+        stride = self.plan.stride_for(w_t.shape[1], 1)
+        addr = self.const(pack_rows(w_t, 1, stride), name, "weights")
+        return _Matrix(addr, w_t.shape[0], stride)
+
+    def act(self, t: str, region: Region | None = None) -> _Matrix:
+        r = region or self.regions[t]
+        if r.ebytes != 1:
+            raise NotImplementedError(f"GEMM operand {t} has {self.spec(t).bits}-bit codes; the array takes 8-bit lanes")
+        return _Matrix(r.addr, r.rows, r.stride)
+
+    def linear_mode(self, node: Node) -> tuple[GemmMode, bool]:
+        xin = self.spec(node.inputs[0])
+        if node.attrs.get("mode", "int") == "log2":
+            if xin.bits != I.LOG2_CODE_BITS:
+                self.unsupported(node, f"Shift-Log2 inputs of {xin.bits} bits (the array's shift mode takes "
+                                       f"{I.LOG2_CODE_BITS}-bit codes)")
+            return GemmMode.SHIFT, False
+        if xin.bits > 8 or node.attrs["w_bits"] > 8:
+            self.unsupported(node, "operands wider than 8 bits")
+        return GemmMode.MUL8, not xin.signed
+
+    def do_linear(self, node: Node) -> None:
+        x, y = node.inputs[0], node.output
+        xs, ys = self.spec(x), self.spec(y)
+        w = node.consts["weight"]                    # [K, M]
+        k, mcols = w.shape
+        rows = self.rows_cols(xs)[0]
+        mode, a_unsigned = self.linear_mode(node)
+        c = node.consts
+        out_bits = ys.bits
+        as_v = y in self.transposed
+        normal = not as_v or y in self.graph.outputs or any(
+            n.op != "attn_v" or n.inputs[1] != y for n in self.graph.consumers(y))
+        self.gemms[node.name] = GemmInfo(node.name, node.op, rows * k * mcols, mode.name.lower(), False)
+        if normal:
+            wm = self.weight_rows(w.T, node.name + ".weight")
+            bias = c["bias"]
+            if bias.ndim == 2:                       # per-token bias (position embedding folded in)
+                mt = _ceil(rows, self.g.rows)
+                full = np.zeros((mt * self.g.rows, bias.shape[1]), np.int64)
+                full[:bias.shape[0]] = bias
+                blob = b"".join(self.param_lines(mcols, row, c["m"], c["s"], ys.zero_point) for row in full)
+                lstride = _ceil(mcols, self.g.cols) * self.g.cols * RECORD_BYTES
+                p = _Params("elem", self.const(blob, node.name + ".params", "params"), lstride)
+            else:
+                blob = self.param_lines(mcols, bias, c["m"], c["s"], ys.zero_point)
+                p = _Params("col", self.const(blob, node.name + ".params", "params"), 0)
+            self.gemm(node.name, self.act(x), wm, k, p, self.regions[y], out_bits, mode, a_unsigned=a_unsigned)
+        if as_v:
+            if c["bias"].ndim == 2:
+                self.unsupported(node, "a per-token bias on an attention V")
+            if a_unsigned or mode != GemmMode.MUL8:
+                self.unsupported(node, "the transposed V GEMM needs signed 8-bit inputs")
+            wa = self.weight_rows(w.T, node.name + ".weight_t")
+            mpad = _ceil(mcols, self.g.rows) * self.g.rows
+            pad = lambda v: np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (mcols,)),
+                                            np.zeros(mpad - mcols, np.int64)])
+            bias, mm, ss, zp = pad(c["bias"]), pad(c["m"]), pad(c["s"]), pad(ys.zero_point)
+            blob = b"".join(pack_records(PARAM_RECORD, self.g.cols, bias=bias[i], m=mm[i], s=ss[i], zp=zp[i])
+                            for i in range(mpad))
+            p = _Params("row", self.const(blob, node.name + ".params_t", "params"), 0)
+            self.gemm(node.name + " (transposed)", wa, self.act(x), k, p, self.transposed[y], out_bits, mode)
+
+    def do_matmul_qk(self, node: Node) -> None:
+        q, k = node.inputs
+        qs, ks, ys = self.spec(q), self.spec(k), self.spec(node.output)
+        h = node.attrs["heads"]
+        n, width = self.rows_cols(qs)
+        d = width // h
+        if qs.bits > 8 or ks.bits > 8:
+            self.unsupported(node, "operands wider than 8 bits")
+        self.gemms[node.name] = GemmInfo(node.name, node.op, h * n * n * d, "mul8", False)
+        p = _Params("col", self.const(self.param_lines(n, 0, node.consts["m"], node.consts["s"], 0),
+                                      node.name + ".params", "params"), 0)
+        qr, kr, out = self.regions[q], self.regions[k], self.regions[node.output]
+        for hd in range(h):
+            a = _Matrix(qr.addr + hd * d, n, qr.stride)
+            b = _Matrix(kr.addr + hd * d, n, kr.stride)
+            if a.addr % self.g.bus_bytes:
+                self.unsupported(node, f"head width {d} bytes is not a multiple of the {self.g.bus_bytes}-byte bus")
+            self.gemm(f"{node.name}[head {hd}]", a, b, d, p, out.view_rows(hd * n, n), ys.bits, GemmMode.MUL8)
+
+    def do_attn_v(self, node: Node) -> None:
+        pr, v = node.inputs
+        ps, vs, ys = self.spec(pr), self.spec(v), self.spec(node.output)
+        h = node.attrs["heads"]
+        n, width = self.rows_cols(vs)
+        d = width // h
+        if ps.kind == "log2":
+            mode = GemmMode.SHIFT
+        elif ps.bits <= 8:
+            mode = GemmMode.MUL8
+        else:
+            self.unsupported(node, f"{ps.bits}-bit probabilities")
+        self.gemms[node.name] = GemmInfo(node.name, node.op, h * n * n * d, mode.name.lower(), False)
+        prr, vt, out = self.regions[pr], self.transposed[v], self.regions[node.output]
+        c = node.consts
+        for hd in range(h):
+            cols = slice(hd * d, (hd + 1) * d)
+            m = np.broadcast_to(c["m"], (width,))[cols]
+            s = np.broadcast_to(c["s"], (width,))[cols]
+            p = _Params("col", self.const(self.param_lines(d, 0, m, s, ys.zero_point),
+                                          f"{node.name}.params[{hd}]", "params"), 0)
+            a = self.act(pr, prr.view_rows(hd * n, n))
+            b = _Matrix(vt.addr + hd * d * vt.stride, d, vt.stride)
+            self.gemm(f"{node.name}[head {hd}]", a, b, n, p, out, ys.bits, mode, out_col0=hd * d)
+
+    # ---------------------------------------------------------- vector ops
+    def chunks(self, node: Node, rows: int, lines_per_row: int, regions: int) -> list[tuple[int, int]]:
+        per = self.g.v_depth // (regions * lines_per_row)
+        if per < 1:
+            raise TileError(f"buffers too small for a tile: {node.name} ({node.op}) needs {regions} x "
+                            f"{lines_per_row} V lines for one row; V has {self.g.v_depth}")
+        return [(r0, min(per, rows - r0)) for r0 in range(0, rows, per)]
+
+    def vec_load(self, r: Region, r0: int, rows: int, lpr: int, spad: int) -> None:
+        self.load(Target.V, r.row(r0), rows, lpr, spad, r.stride, r.ebytes)
+
+    def vec_store(self, r: Region, r0: int, rows: int, lpr: int, spad: int) -> None:
+        self.asm.store(Target.V, r.row(r0), rows, lpr, spad, row_elems=r.cols, ext_stride=r.stride,
+                       ebytes=r.ebytes)
+
+    def check_channels(self, node: Node, ch: int) -> None:
+        L = self.g.lanes
+        if ch % L:
+            raise TileError(f"buffers too small for a tile: {node.name} ({node.op}) has {ch} channels, "
+                            f"not a multiple of the {L} vector lanes")
+        if ch > self.g.max_channels:
+            raise TileError(f"buffers too small for a tile: {node.name} ({node.op}) has {ch} channels; "
+                            f"the vector units hold {self.g.max_channels}")
+
+    def do_layernorm(self, node: Node) -> None:
+        x, y = node.inputs[0], node.output
+        xs, ys = self.spec(x), self.spec(y)
+        rows, ch = self.rows_cols(xs)
+        self.check_channels(node, ch)
+        if xs.bits > 8 or ys.bits > 16:
+            self.unsupported(node, f"LayerNorm unit takes 8-bit inputs and gives up to 16 bits "
+                                   f"(here {xs.bits} -> {ys.bits})")
+        c = node.consts
+        addr = self.const(pack_records(LN_RECORD, ch, gm=c["gm"], alpha=c["alpha"], gs=c["gs"], bb=c["bb"]),
+                          node.name + ".ln", "constants")
+        self.load_const(Target.LN_CONST, addr, ch)
+        lpr = ch // self.g.lanes
+        xr, yr = self.regions[x], self.regions[y]
+        for r0, n in self.chunks(node, rows, lpr, 2):
+            self.vec_load(xr, r0, n, lpr, 0)
+            self.asm.layernorm(0, n * lpr, n, ch, ys.bits, ys.zero_point)
+            self.vec_store(yr, r0, n, lpr, n * lpr)
+
+    def do_softmax(self, node: Node) -> None:
+        x, y = node.inputs[0], node.output
+        xs, ys = self.spec(x), self.spec(y)
+        rows, length = self.rows_cols(xs)
+        if node.attrs.get("frac", I.SCORE_FRAC) != I.SCORE_FRAC or xs.bits > 16:
+            self.unsupported(node, f"the softmax unit takes 16-bit scores at {I.SCORE_FRAC} fractional bits")
+        if length > self.g.max_tokens:
+            raise TileError(f"buffers too small for a tile: {node.name} rows of {length} exceed the softmax "
+                            f"unit's {self.g.max_tokens}")
+        uniform = node.attrs.get("mode", "log2") == "uniform"
+        if uniform and not self._softmax_has_mode:
+            raise NotImplementedError(f"{node.name}: uniform softmax needs the SOFTMAX '{SOFTMAX_MODE_FIELD}' "
+                                      f"field, which this ISA version lacks (use log2 attention)")
+        lpr = _ceil(length, self.g.lanes)
+        xr, yr = self.regions[x], self.regions[y]
+        extra = {SOFTMAX_MODE_FIELD: int(uniform)} if self._softmax_has_mode else {}
+        for r0, n in self.chunks(node, rows, lpr, 2):
+            self.vec_load(xr, r0, n, lpr, 0)
+            self.asm.emit(Op.SOFTMAX, src=0, dst=n * lpr, rows=n, length=length, **extra)
+            self.vec_store(yr, r0, n, lpr, n * lpr)
+
+    def do_lut(self, node: Node) -> None:
+        x, y = node.inputs[0], node.output
+        xs, ys = self.spec(x), self.spec(y)
+        rows, ch = self.rows_cols(xs)
+        if xs.bits > 8 or ys.bits > 16:
+            self.unsupported(node, "the lookup table takes up to 8-bit inputs and gives 16-bit values")
+        table = node.consts["table"]
+        addr = self.const(pack_records(LUT_RECORD, len(table), value=table), node.name + ".table", "constants")
+        self.load_const(Target.LUT_TABLE, addr, len(table))
+        lpr = _ceil(ch, self.g.lanes)
+        xr, yr = self.regions[x], self.regions[y]
+        for r0, n in self.chunks(node, rows, lpr, 2):
+            self.vec_load(xr, r0, n, lpr, 0)
+            self.asm.lut(0, n * lpr, n * lpr, lut_bits=xs.bits)
+            self.vec_store(yr, r0, n, lpr, n * lpr)
+
+    def do_residual_add(self, node: Node) -> None:
+        a, b = node.inputs
+        y = node.output
+        ys = self.spec(y)
+        rows, ch = self.rows_cols(ys)
+        self.check_channels(node, ch)
+        if max(self.spec(a).bits, self.spec(b).bits, ys.bits) > 16:
+            self.unsupported(node, "the residual unit takes 16-bit inputs and outputs")
+        c = node.consts
+        addr = self.const(pack_records(RES_RECORD, ch, ma=c["ma"], mb=c["mb"], s=c["s"], bias=c["bias"]),
+                          node.name + ".res", "constants")
+        self.load_const(Target.RES_CONST, addr, ch)
+        lpr = ch // self.g.lanes
+        ar, br, yr = self.regions[a], self.regions[b], self.regions[y]
+        for r0, n in self.chunks(node, rows, lpr, 3):
+            self.vec_load(ar, r0, n, lpr, 0)
+            self.vec_load(br, r0, n, lpr, n * lpr)
+            self.asm.residual_add(0, n * lpr, 2 * n * lpr, n * lpr, ch, ys.bits, ys.zero_point)
+            self.vec_store(yr, r0, n, lpr, 2 * n * lpr)
+
+    def do_prepend_row(self, node: Node) -> None:
+        x, y = node.inputs[0], node.output
+        yr = self.regions[y]
+        row = node.consts["row"].reshape(1, -1)
+        addr = yr.row(0)
+        self._segments.append((addr, pack_rows(row, yr.ebytes, yr.stride), node.name + ".row"))
+        if self.regions[x] != yr.view_rows(1, yr.rows - 1):
+            self.unsupported(node, "its input could not be placed inside the output region")
+
+    # ---------------------------------------------------------- driver
+    def run(self) -> ScheduledProgram:
+        order = self.graph.topological()
+        self.plan_regions(order)
+        self.plan_transposed(order)
+        handlers = {"linear": self.do_linear, "matmul_qk": self.do_matmul_qk, "attn_v": self.do_attn_v,
+                    "layernorm": self.do_layernorm, "softmax": self.do_softmax, "lut": self.do_lut,
+                    "residual_add": self.do_residual_add, "prepend_row": self.do_prepend_row,
+                    "take_rows": lambda n: None, "patchify": lambda n: None}
+        for node in order:
+            before = len(self.asm.program.instructions)
+            handlers[node.op](node)
+            self.layers += [node.name] * (len(self.asm.program.instructions) - before)
+        self.asm.end()
+        self.layers.append(order[-1].name)     # END: attributed to the last node (see docs)
+        return self.finish(order)
+
+    def finish(self, order: list[Node]) -> ScheduledProgram:
+        prog = self.asm.program
+        for addr, blob, name in self._segments:
+            prog.segments.append(Segment(addr, blob, name))
+        code_len = len(prog.code())
+        prog.entry = self.plan.take(code_len, "code", "code")
+        prog.meta = {"model": self.graph.meta.get("model", ""), "config": getattr(self.config, "name", ""),
+                     "rows": self.g.rows, "cols": self.g.cols, "bus_bytes": self.g.bus_bytes,
+                     "lanes": self.g.lanes, "scheduler": "vit2hw.scheduler/1"}
+        prog.image()   # raises if segments overlap
+        inputs: dict[str, Placement] = {}
+        for t in self.graph.inputs:
+            spec = self.spec(t)
+            patch = [n for n in self.graph.consumers(t) if n.op == "patchify"]
+            if patch:
+                ps = self.spec(patch[0].output)
+                r = self.regions[ps.name]
+                inputs[ps.name] = Placement(r.addr, tuple(ps.shape), r.ebytes, r.stride, ps.signed, ps.bits,
+                                            ps.name, t, tuple(spec.shape), "patchify", patch[0].attrs["patch"])
+            else:
+                r = self.regions[t]
+                inputs[t] = Placement(r.addr, tuple(spec.shape), r.ebytes, r.stride, spec.signed, spec.bits, t)
+        outputs = {}
+        for t in self.graph.outputs:
+            spec, r = self.spec(t), self.regions[t]
+            signed = spec.signed and spec.kind != "log2"
+            outputs[t] = Placement(r.addr, tuple(spec.shape), r.ebytes, r.stride, signed, spec.bits, t)
+        memory = self.plan.bytes_by_kind()
+        memory["total"] = self.plan.next
+        return ScheduledProgram(prog, inputs, outputs, self.layers, _ceil(self.plan.next, 4096) * 4096,
+                                self.gemms, dict(self.regions), memory,
+                                {n.name: n.op for n in order}, {n.name: n.module for n in order})
+
+
+def schedule(graph: QuantizedGraph, config, mem_latency: int = 1) -> ScheduledProgram:
+    """Lower ``graph`` onto ``config`` (an ``AcceleratorConfig``): instructions, memory plan,
+    input/output placements and per-instruction node attribution.
+
+    Raises :class:`~vit2hw.tiling.TileError` ("buffers too small for a tile: ...") when a
+    scratchpad cannot hold the smallest tile of some op, ``NotImplementedError`` for ops the
+    hardware cannot run (e.g. uniform softmax on an ISA without the mode field)."""
+    graph.validate()
+    return _Scheduler(graph, config, mem_latency).run()
