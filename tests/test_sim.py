@@ -1,0 +1,112 @@
+"""RTL runs of whole programs: the generic driver (sim/run_program.py) and `vit2hw sim`.
+
+The driver test builds a small program by hand (GEMM → requantize → STORE → LOAD → uniform
+softmax, the attention pattern), runs it on two different input matrices in one cocotb launch,
+and checks both final memories against ``vit2hw.intops`` and both cycle counts against
+``vit2hw.cyclemodel.program_cycles``. The acceptance tests run ``vit2hw sim`` on real
+vit_digits test images: logits bit-exact with ``vit2hw.reference.run_graph``, RTL cycles equal
+to the cycle model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from hdl.config import AcceleratorConfig
+from vit2hw import intops as I
+from vit2hw.cyclemodel import program_cycles
+from vit2hw.isa import (PARAM_RECORD, Assembler, Geometry, SoftmaxMode, Target, pack_records, pack_rows,
+                        unpack_rows, Segment)
+
+needs_iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not installed")
+
+SMALL = AcceleratorConfig(name="sim4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
+                          weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
+                          max_tokens=32, max_channels=32)
+
+
+def _scores_program(cfg, w: np.ndarray, m: int):
+    """Scores ``S = requant(X @ W)`` as int16, stored, reloaded into V, uniform softmax, stored.
+    X (int8 [m, k]) is the per-run input at ``x_addr``; returns the assembler's program, the
+    requantization constants and the addresses."""
+    g = Geometry.from_config(cfg)
+    asm = Assembler(g)
+    wb = g.bus_bytes
+    k, n = w.shape
+    k_lines = -(-k // wb)
+    nt = -(-n // g.cols)
+    addr = 0x1000
+    x_addr = addr
+    addr += m * k_lines * wb
+    w_addr = addr
+    asm.data(w_addr, pack_rows(w.T, 1, k_lines * wb), "w")
+    addr += n * k_lines * wb
+    mult, shift = I.choose_multiplier(np.full(n, 3.0), max_shift=20)
+    bias = np.arange(n) * 37 - 100
+    cols = nt * g.cols
+    pad = lambda v: np.concatenate([np.asarray(v, np.int64), np.zeros(cols - n, np.int64)])
+    params = pack_records(PARAM_RECORD, cols, bias=pad(bias), m=pad(mult), s=pad(shift), zp=0)
+    p_addr = addr
+    asm.data(p_addr, params, "params")
+    addr += len(params)
+    s_row = nt * g.words_per_line(Target.O, 2) * wb     # int16 scores, one O line per tile
+    lpr = -(-n // g.lanes)
+    assert s_row == lpr * g.words_per_line(Target.V, 2) * wb
+    s_addr = addr
+    addr += m * s_row
+    p_row = lpr * g.words_per_line(Target.V, 1) * wb
+    y_addr = addr
+    asm.load(Target.A, x_addr, m, k_lines, 0)
+    asm.load(Target.B, w_addr, n, k_lines, 0)
+    asm.load(Target.P, p_addr, nt, 1, 0)
+    asm.gemm(m, n, k, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=16)
+    asm.store(Target.O, s_addr, m, nt, 0, row_elems=n, ebytes=2)
+    asm.load(Target.V, s_addr, m, lpr, 0, ebytes=2)
+    asm.softmax(0, m * lpr, m, n, mode=SoftmaxMode.UNIFORM)
+    asm.store(Target.V, y_addr, m, lpr, m * lpr, row_elems=n, ebytes=1)
+    consts = dict(mult=mult, shift=shift, bias=bias)
+    return asm.end(), consts, dict(x=x_addr, k_lines=k_lines, s=s_addr, s_row=s_row, y=y_addr, p_row=p_row)
+
+
+@needs_iverilog
+def test_run_program_two_images_bit_exact_and_cycles(tmp_path):
+    """One cocotb launch runs a hand-built program on two inputs; each run's scores and uniform
+    softmax probabilities equal intops, the rest of memory keeps the program's image, and each
+    run's cycles equal program_cycles exactly."""
+    from sim.run_program import MemoryRun, run_program
+    rng = np.random.default_rng(3)
+    m, k, n = 6, 9, 7
+    w = rng.integers(-128, 128, (k, n))
+    program, c, a = _scores_program(SMALL, w, m)
+    g = Geometry.from_config(SMALL)
+    xs = [rng.integers(-128, 128, (m, k)), rng.integers(-20, 20, (m, k))]
+    runs = [MemoryRun(f"img{i}", (Segment(a["x"], pack_rows(x, 1, a["k_lines"] * g.bus_bytes), "x"),))
+            for i, x in enumerate(xs)]
+    results = run_program(SMALL, program, runs, tmp_path / "build")
+    want_cycles = program_cycles(program, SMALL)
+    assert [r.name for r in results] == ["img0", "img1"]
+    for x, res in zip(xs, results):
+        scores = I.requantize(I.int_gemm(x, w, 8, 8), c["mult"], c["shift"], 16, True, 0, c["bias"])
+        got_s = unpack_rows(res.read(a["s"], m * a["s_row"]), m, n, 2, a["s_row"])
+        np.testing.assert_array_equal(got_s, scores)
+        got_p = unpack_rows(res.read(a["y"], m * a["p_row"]), m, n, 1, a["p_row"])
+        np.testing.assert_array_equal(got_p, I.uniform_softmax(scores))
+        assert res.cycles == want_cycles
+        w_seg = next(s for s in program.segments if s.name == "w")
+        assert res.read(w_seg.addr, len(w_seg.data)) == w_seg.data
+    assert not np.array_equal(results[0].memory, results[1].memory)
+
+
+def test_run_program_rejects_overlay_over_code(tmp_path):
+    """A run whose segment overwrites the program's instructions is refused before simulating."""
+    from sim.run_program import MemoryRun, run_program
+    from vit2hw.isa import ProgramError
+    program, _, _ = _scores_program(SMALL, np.ones((4, 4), np.int64), 4)
+    if shutil.which("iverilog") is None:
+        pytest.skip("Icarus Verilog not installed")
+    with pytest.raises(ProgramError, match="code"):
+        run_program(SMALL, program, [MemoryRun("bad", (Segment(0, b"\0" * 32),))], tmp_path)
