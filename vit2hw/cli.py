@@ -162,8 +162,10 @@ def _eval_compare(args, model, spec, data) -> int:
 
 def _extra_commands() -> dict:
     """Commands whose modules pull in the hardware side; imported only when the parser is built."""
+    from vit2hw.cli_build import add_build_command
     from vit2hw.cli_rtl import add_rtl_command
-    return {"rtl": add_rtl_command}
+    from vit2hw.cli_sim import add_sim_command
+    return {"rtl": add_rtl_command, "build": add_build_command, "sim": add_sim_command}
 
 
 COMMANDS: dict = {}

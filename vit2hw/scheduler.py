@@ -121,6 +121,9 @@ class ScheduledProgram:
     memory: dict[str, int] = field(default_factory=dict)   # bytes per kind (weights, activations, ...)
     node_ops: dict[str, str] = field(default_factory=dict)
     node_modules: dict[str, str] = field(default_factory=dict)
+    #: the memory plan: (kind, name, addr, size) per block, kinds weights/params/constants/activation/code
+    layout: list[tuple[str, str, int, int]] = field(default_factory=list)
+
 
 
 # ------------------------------------------------------------------ input / output helpers
@@ -613,7 +616,7 @@ class _Scheduler:
         memory["total"] = self.plan.next
         return ScheduledProgram(prog, inputs, outputs, self.layers, _ceil(self.plan.next, 4096) * 4096,
                                 self.gemms, dict(self.regions), memory,
-                                {n.name: n.op for n in order}, {n.name: n.module for n in order})
+                                {n.name: n.op for n in order}, {n.name: n.module for n in order}, list(self.plan.blocks))
 
 
 def schedule(graph: QuantizedGraph, config, mem_latency: int = 1) -> ScheduledProgram:

@@ -1,0 +1,291 @@
+"""Performance and resource reports of a scheduled program (analysis only, no side effects).
+
+``analyze(sp, config)`` attributes the cycle model's count of every instruction to its
+graph node and to a unit (DMA load, DMA store, array, vector units, control), counts the
+external-memory traffic, and compares with the MAC-bound ideal. ``build_report`` adds
+clock, latency, FPS and the analytic resource estimate into the fixed JSON schema of
+``docs/report-format.md``; ``render_markdown`` writes it for people.
+
+Two kinds of cycle numbers, never mixed:
+
+* **as built (sequential)** – the accelerator as generated: the controller runs one
+  instruction at a time, DMA and compute never overlap. This is the cycle model's exact
+  prediction (``vit2hw.cyclemodel``), which the RTL matches.
+* **estimates** – what a changed controller would take, per node
+  ``max(DMA, compute)`` (``overlapped``: load/execute/store queues), and the same with the
+  activation round trips through external memory removed (``overlapped_forwarding``:
+  GEMM results forwarded on chip into the vector units and back). They are lower bounds
+  from the same per-instruction counts, not measurements.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from vit2hw.cyclemodel import DEFAULT_MEM_LATENCY, instruction_cycles
+from vit2hw.isa import INSTR_BYTES, Geometry, Op
+
+__all__ = ["REPORT_VERSION", "UNITS", "LayerStats", "Analysis", "analyze", "estimate_resources",
+           "build_report", "render_markdown"]
+
+REPORT_VERSION = 1
+UNITS = ("load", "store", "array", "vector", "control")
+_UNIT = {Op.LOAD: "load", Op.STORE: "store", Op.GEMM: "array", Op.LAYERNORM: "vector", Op.SOFTMAX: "vector",
+         Op.LUT: "vector", Op.RESIDUAL_ADD: "vector", Op.END: "control", Op.FENCE: "control"}
+
+
+@dataclass
+class LayerStats:
+    """Cycles and traffic of one graph node."""
+    node: str
+    op: str
+    module: str
+    instructions: int = 0
+    cycles: int = 0
+    by_unit: dict[str, int] = field(default_factory=lambda: {u: 0 for u in UNITS})
+    read_bytes: int = 0          # DMA reads (LOAD), bus words × bus bytes
+    write_bytes: int = 0         # DMA writes (STORE)
+    fetch_bytes: int = 0         # instruction words read
+    const_read_bytes: int = 0    # part of read_bytes from weights / parameters / unit constants
+    const_load_cycles: int = 0   # LOAD cycles of those
+    macs: int = 0
+    ideal: int = 0
+    packed: bool = False
+    mode: str = ""
+
+    @property
+    def dma(self) -> int:
+        return self.by_unit["load"] + self.by_unit["store"]
+
+    @property
+    def compute(self) -> int:
+        return self.by_unit["array"] + self.by_unit["vector"] + self.by_unit["control"]
+
+    @property
+    def overlapped(self) -> int:
+        return max(self.dma, self.compute)
+
+    @property
+    def overlapped_forwarding(self) -> int:
+        return max(self.const_load_cycles, self.compute)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "op": self.op, "module": self.module, "instructions": self.instructions,
+                "cycles": self.cycles, "by_unit": dict(self.by_unit), "dram_read_bytes": self.read_bytes,
+                "dram_write_bytes": self.write_bytes, "fetch_bytes": self.fetch_bytes,
+                "const_read_bytes": self.const_read_bytes, "macs": self.macs, "ideal_cycles": self.ideal,
+                "packed": self.packed, "mode": self.mode, "overlapped_estimate": self.overlapped,
+                "overlapped_forwarding_estimate": self.overlapped_forwarding}
+
+
+@dataclass
+class Analysis:
+    instr_cycles: list[int]
+    layers: dict[str, LayerStats]
+    total_cycles: int
+    ideal_cycles: int
+    macs: int
+
+    @property
+    def utilization(self) -> float:
+        return self.ideal_cycles / self.total_cycles if self.total_cycles else 0.0
+
+    def total(self, what: str) -> int:
+        return sum(getattr(l, what) for l in self.layers.values())
+
+
+def _bus_bytes(ins, g: Geometry) -> int:
+    words = ins["rows"] * ins["row_lines"] * g.words_per_line(ins["target"], 1 << ins["ebytes_log2"])
+    return words * g.bus_bytes
+
+
+def analyze(sp, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> Analysis:
+    """Per-instruction cycles (cycle model), per-node sums, traffic, ideal cycles."""
+    g = config if isinstance(config, Geometry) else Geometry.from_config(config)
+    starts = sorted((a, a + max(s, 1), k) for k, _, a, s in sp.layout)
+    keys = [s[0] for s in starts]
+
+    def kind_at(addr: int) -> str:
+        i = bisect.bisect_right(keys, addr) - 1
+        return starts[i][2] if i >= 0 and addr < starts[i][1] else ""
+
+    layers: dict[str, LayerStats] = {}
+    for name in dict.fromkeys(sp.per_instr_layer):
+        layers[name] = LayerStats(name, sp.node_ops.get(name, ""), sp.node_modules.get(name, ""))
+    cycles = []
+    for ins, name in zip(sp.program.instructions, sp.per_instr_layer):
+        c = instruction_cycles(ins, g, mem_latency)
+        cycles.append(c)
+        st = layers[name]
+        st.instructions += 1
+        st.cycles += c
+        st.by_unit[_UNIT[ins.op]] += c
+        st.fetch_bytes += INSTR_BYTES
+        if ins.op == Op.LOAD:
+            n = _bus_bytes(ins, g)
+            st.read_bytes += n
+            if kind_at(ins["ext_addr"]) in ("weights", "params", "constants"):
+                st.const_read_bytes += n
+                st.const_load_cycles += c
+        elif ins.op == Op.STORE:
+            st.write_bytes += _bus_bytes(ins, g)
+    pes = g.rows * g.cols
+    for name, info in sp.gemms.items():
+        st = layers.setdefault(name, LayerStats(name, info.op, sp.node_modules.get(name, "")))
+        st.macs, st.packed, st.mode = info.macs, info.packed, info.mode
+        st.ideal = -(-info.macs // (pes * (2 if info.packed else 1)))
+    total = sum(cycles)
+    if not sp.program.instructions or sp.program.instructions[-1].op != Op.END:
+        raise ValueError("a scheduled program ends with END")
+    return Analysis(cycles, layers, total, sum(l.ideal for l in layers.values()),
+                    sum(l.macs for l in layers.values()))
+
+
+# ------------------------------------------------------------------ resources
+
+#: measured, docs/hw/array.md §7: RequantizedArray(16, 16) on xc7 — 288 DSP, 49 081 LUT, 36 940 FF
+_ARRAY_REF = {"pes": 256, "cols": 16, "dsp": 288, "lut": 49081, "ff": 36940}
+#: assumed (not measured) cost of the vector side per lane (LayerNorm, softmax, LUT/residual unit
+#: datapaths, constant memories) and a fixed controller/DMA cost
+_PER_LANE = {"dsp": 4, "lut": 1500, "ff": 1200}
+_FIXED = {"dsp": 0, "lut": 4000, "ff": 3000}
+_BRAM36_BYTES = 4608
+
+
+def estimate_resources(config) -> dict[str, Any]:
+    """Analytic FPGA resources of ``config``: array + requantizer scaled from the measured
+    16×16 synthesis, vector side from a per-lane assumption, scratchpads as block RAM."""
+    pes, cols, lanes = config.rows * config.cols, config.cols, config.vector_lanes
+    lut_pe = (_ARRAY_REF["lut"]) / _ARRAY_REF["pes"]
+    ff_pe = (_ARRAY_REF["ff"]) / _ARRAY_REF["pes"]
+    est = {
+        "dsp": pes + 2 * cols + _PER_LANE["dsp"] * lanes + _FIXED["dsp"],
+        "lut": round(lut_pe * pes + _PER_LANE["lut"] * lanes + _FIXED["lut"]),
+        "ff": round(ff_pe * pes + _PER_LANE["ff"] * lanes + _FIXED["ff"]),
+        "bram": round((config.act_buf_bytes + config.weight_buf_bytes + config.out_buf_bytes) / _BRAM36_BYTES, 1),
+    }
+    dev = config.target
+    cap = {"dsp": dev.dsp, "lut": dev.lut, "ff": dev.ff, "bram": dev.bram36}
+    return {
+        "method": "analytic",
+        "basis": "array+requantizer scaled per PE from the measured 16x16 Yosys synth_xilinx run "
+                 "(docs/hw/array.md: 288 DSP, 49081 LUT, 36940 FF); vector units assumed "
+                 f"{_PER_LANE['dsp']} DSP/{_PER_LANE['lut']} LUT/{_PER_LANE['ff']} FF per lane plus "
+                 f"{_FIXED['lut']} LUT/{_FIXED['ff']} FF controller+DMA (not measured); scratchpads counted "
+                 "as BRAM36 (the generated RTL reads them combinationally, which maps to LUTRAM until a "
+                 "registered read is added, docs/isa.md §9)",
+        "device": dev.name, "estimate": est, "capacity": cap,
+        "fraction": {k: round(est[k] / cap[k], 4) for k in est},
+        "fits": all(est[k] <= cap[k] for k in est),
+    }
+
+
+# ------------------------------------------------------------------ the report
+
+def build_report(sp, config, analysis: Analysis, graph_meta: dict, bits: dict | None = None,
+                 synth: dict | None = None, mem_latency: int = DEFAULT_MEM_LATENCY) -> dict[str, Any]:
+    """The ``report.json`` document (schema: docs/report-format.md)."""
+    a = analysis
+    mhz = float(config.clock_mhz)
+    latency_ms = a.total_cycles / (mhz * 1e3)
+    ovl = a.total("overlapped")
+    fwd = a.total("overlapped_forwarding")
+    res = estimate_resources(config)
+    if synth is not None:
+        res["yosys"] = synth
+    layers = list(a.layers.values())
+    return {
+        "format": "vit2hw.report", "version": REPORT_VERSION,
+        "model": graph_meta.get("model", ""), "method": graph_meta.get("method", ""),
+        "config": config.to_dict(),
+        "execution": "sequential: one instruction at a time, DMA and compute never overlap",
+        "mem_latency": mem_latency,
+        "instructions": len(sp.program.instructions),
+        "total_cycles": a.total_cycles, "ideal_cycles": a.ideal_cycles,
+        "utilization": round(a.utilization, 6), "macs": a.macs,
+        "clock_mhz": mhz, "latency_ms": round(latency_ms, 6), "fps": round(1e3 / latency_ms, 3),
+        "cycles_by_unit": {u: sum(l.by_unit[u] for l in layers) for u in UNITS},
+        "dram_bytes": a.total("read_bytes") + a.total("write_bytes") + a.total("fetch_bytes"),
+        "dram": {"read_bytes": a.total("read_bytes"), "write_bytes": a.total("write_bytes"),
+                 "fetch_bytes": a.total("fetch_bytes"), "const_read_bytes": a.total("const_read_bytes")},
+        "memory_plan": dict(sorted(sp.memory.items())),
+        "estimates": {
+            "note": "lower bounds for a changed controller, not the generated hardware",
+            "overlapped": {"what": "per node max(DMA, compute): decoupled load/execute/store queues",
+                           "total_cycles": ovl, "utilization": round(a.ideal_cycles / ovl, 6),
+                           "latency_ms": round(ovl / (mhz * 1e3), 6)},
+            "overlapped_forwarding": {
+                "what": "per node max(weight/constant DMA, compute): overlap plus on-chip forwarding of "
+                        "activations between the array and the vector units",
+                "total_cycles": fwd, "utilization": round(a.ideal_cycles / fwd, 6),
+                "latency_ms": round(fwd / (mhz * 1e3), 6)},
+        },
+        "resources": res,
+        "bits": bits or {},
+        "per_layer": [l.to_json() for l in layers],
+    }
+
+
+def _fmt(n: float) -> str:
+    return f"{n:,.0f}".replace(",", " ")
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    """report.md: the headline numbers, estimates, resources and the per-layer table."""
+    c = rep["config"]
+    res = rep["resources"]
+    est = rep["estimates"]
+    lines = [
+        f"# vit2hw build report: {rep['model']} on {c['name']} ({c['rows']}x{c['cols']}, {c['device']})",
+        "",
+        "## As built (sequential controller)",
+        "",
+        f"The generated controller runs **one instruction at a time with no DMA/compute overlap**; "
+        f"these numbers are the cycle model's prediction for it (memory latency {rep['mem_latency']} cycle).",
+        "",
+        "| metric | value |", "|---|---|",
+        f"| total cycles | {_fmt(rep['total_cycles'])} |",
+        f"| ideal (MAC-bound) cycles | {_fmt(rep['ideal_cycles'])} |",
+        f"| utilization (ideal / total) | {rep['utilization']:.4f} |",
+        f"| clock | {rep['clock_mhz']:g} MHz (the configuration's nominal clock; not timing-closed) |",
+        f"| latency | {rep['latency_ms']:.3f} ms |",
+        f"| throughput | {rep['fps']:.1f} images/s |",
+        f"| DRAM traffic | {_fmt(rep['dram_bytes'])} bytes (read {_fmt(rep['dram']['read_bytes'])}, "
+        f"write {_fmt(rep['dram']['write_bytes'])}, instructions {_fmt(rep['dram']['fetch_bytes'])}) |",
+        f"| instructions | {_fmt(rep['instructions'])} |",
+        "",
+        "Cycles by unit: " + ", ".join(f"{u} {_fmt(v)}" for u, v in rep["cycles_by_unit"].items()) + ".",
+        "",
+        "## Estimates for a changed controller (not the generated hardware)",
+        "",
+        "| variant | cycles | utilization | latency |", "|---|---|---|---|",
+    ]
+    for key in ("overlapped", "overlapped_forwarding"):
+        e = est[key]
+        lines.append(f"| {key}: {e['what']} | {_fmt(e['total_cycles'])} | {e['utilization']:.4f} | "
+                     f"{e['latency_ms']:.3f} ms |")
+    lines += ["", "## Resources", "", f"{res['method'].capitalize()} estimate ({res['basis']}).", "",
+              "| resource | estimate | capacity | fraction |" + (" Yosys |" if "yosys" in res else ""),
+              "|---|---|---|---|" + ("---|" if "yosys" in res else "")]
+    for k in ("dsp", "lut", "ff", "bram"):
+        row = f"| {k} | {res['estimate'][k]} | {res['capacity'][k]} | {res['fraction'][k]:.3f} |"
+        if "yosys" in res:
+            row += f" {res['yosys'].get(k, '')} |"
+        lines.append(row)
+    lines += ["", f"Fits {res['device']}: **{'yes' if res['fits'] else 'no'}**.", ""]
+    if rep.get("bits"):
+        lines += ["## Bits per module", "", "| module | weight bits | activation bits |", "|---|---|---|"]
+        for mod, (wb, ab) in rep["bits"].items():
+            lines.append(f"| {mod} | {wb} | {ab} |")
+        lines.append("")
+    lines += ["## Per layer (sequential cycles)", "",
+              "| node | op | cycles | load | store | array | vector | ideal | DRAM bytes |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for l in rep["per_layer"]:
+        u = l["by_unit"]
+        lines.append(f"| {l['node']} | {l['op']}{' (packed)' if l['packed'] else ''} | {_fmt(l['cycles'])} | "
+                     f"{_fmt(u['load'])} | {_fmt(u['store'])} | {_fmt(u['array'])} | {_fmt(u['vector'])} | "
+                     f"{_fmt(l['ideal_cycles'])} | {_fmt(l['dram_read_bytes'] + l['dram_write_bytes'])} |")
+    return "\n".join(lines) + "\n"
