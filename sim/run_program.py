@@ -15,9 +15,10 @@ the setting under which ``vit2hw.cyclemodel.program_cycles`` is exact.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from vit2hw.isa import Program, ProgramError, Segment
 
@@ -80,7 +81,8 @@ def _check_overlays(program: Program, runs: Sequence[MemoryRun], mem_size: int) 
 
 def run_program(config, program: Program, runs: Sequence[MemoryRun], build_dir: Path | str, *,
                 rtl_dir: Path | str | None = None, mem_size: int | None = None, latency: int = 1,
-                max_cycles: int = 50_000_000) -> list[RunResult]:
+                max_cycles: int = 50_000_000,
+                on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Simulate ``program`` once per entry of ``runs`` on the RTL of ``config``.
 
     ``rtl_dir``: a directory written by ``hdl.rtl.write_rtl(config, ...)`` (its
@@ -89,6 +91,8 @@ def run_program(config, program: Program, runs: Sequence[MemoryRun], build_dir: 
     not be shared by concurrent calls. Raises :class:`sim.runner.SimulatorMissingError`
     without Icarus and :class:`sim.runner.SimulationFailed` if a run does not reach END
     within ``max_cycles``; a run that stops on an unknown opcode raises ``RuntimeError``.
+    ``on_result`` is called (in the calling thread) with each run's result as soon as that
+    run finishes, while later runs are still simulating.
     """
     require_icarus()
     if not runs:
@@ -123,14 +127,40 @@ def run_program(config, program: Program, runs: Sequence[MemoryRun], build_dir: 
     spec_path.write_text(json.dumps(spec, indent=1))
 
     from hdl.rtl import TOP_MODULE
-    run_cocotb([top], TOP_MODULE, TB_MODULE, build / "sim", params={"spec": str(spec_path)})
+    failure: list[BaseException] = []
 
-    done = json.loads(results_path.read_text())
-    out = []
-    for rs, res in zip(run_specs, done):
-        if res["error"]:
-            raise RuntimeError(f"run {res['name']}: the controller stopped on an unknown opcode")
-        out.append(RunResult(res["name"], Path(rs["out"]).read_bytes(), int(res["cycles"]),
-                             float(res["wall_s"]), int(res["mem_reads"]), int(res["mem_writes"])))
+    def simulate() -> None:
+        try:
+            run_cocotb([top], TOP_MODULE, TB_MODULE, build / "sim", params={"spec": str(spec_path)})
+        except BaseException as exc:  # re-raised in the calling thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=simulate, name="cocotb", daemon=True)
+    worker.start()
+    out: list[RunResult] = []
+
+    def collect() -> None:
+        if not results_path.exists():
+            return
+        try:
+            done = json.loads(results_path.read_text())
+        except ValueError:           # caught mid-write; read it on the next poll
+            return
+        for rs, res in list(zip(run_specs, done))[len(out):]:
+            if res["error"]:
+                raise RuntimeError(f"run {res['name']}: the controller stopped on an unknown opcode")
+            r = RunResult(res["name"], Path(rs["out"]).read_bytes(), int(res["cycles"]),
+                          float(res["wall_s"]), int(res["mem_reads"]), int(res["mem_writes"]))
+            out.append(r)
+            if on_result is not None:
+                on_result(r)
+
+    while worker.is_alive():
+        worker.join(timeout=0.5)
+        collect()
+    if failure:
+        raise failure[0]
+    collect()
+    if len(out) != len(runs):
+        raise RuntimeError(f"the simulation reported {len(out)} of {len(runs)} runs; see {build}")
     return out
-

@@ -110,3 +110,97 @@ def test_run_program_rejects_overlay_over_code(tmp_path):
         pytest.skip("Icarus Verilog not installed")
     with pytest.raises(ProgramError, match="code"):
         run_program(SMALL, program, [MemoryRun("bad", (Segment(0, b"\0" * 32),))], tmp_path)
+
+
+# ------------------------------------------------------------------ vit2hw sim
+
+
+def _sim_cli(argv):
+    from vit2hw.cli import main
+    return main(["sim", *argv])
+
+
+def test_sim_without_icarus_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    """Without iverilog, `vit2hw sim` stops before quantizing with one error line naming the
+    install command, exit status 2, and writes nothing."""
+    import sim.runner
+    monkeypatch.setattr(sim.runner.shutil, "which", lambda name: None)
+    assert _sim_cli(["--model", "vit_digits", "--bits", "8", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Icarus Verilog not found" in err[0] and "apt-get install" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_sim_default_config_fits_the_model():
+    """The default simulated configuration is the small 4x4 / 32-bit one, with softmax and
+    LayerNorm rows sized for the model (vit_digits: 17 tokens, 64 channels)."""
+    from vit2hw.cli_sim import sim_config
+    from vit2hw.models.zoo import get_spec
+    cfg = sim_config(get_spec("vit_digits"))
+    assert (cfg.rows, cfg.cols, cfg.mem_bus_bits, cfg.vector_lanes) == (4, 4, 32, 4)
+    assert cfg.max_tokens == 20 and cfg.max_channels == 64
+    assert sim_config(get_spec("vit_digits"), array="2x4").rows == 2
+
+
+def _accept(tmp_path, argv, n_images):
+    out = tmp_path / "sim"
+    rc = _sim_cli(["--model", "vit_digits", *argv, "--images", str(n_images), "--jobs", "2", "--quiet",
+                   "--out", str(out)])
+    doc = json.loads((out / "sim.json").read_text())
+    assert rc == 0, doc
+    assert doc["bit_exact"] and doc["n_images"] == n_images
+    assert all(r["bit_exact"] and r["mismatches"] == 0 for r in doc["images"])
+    assert all(r["rtl_top1"] == r["reference_top1"] for r in doc["images"])
+    assert doc["cycles_equal"] and doc["rtl_cycles"] == doc["model_cycles"]
+    assert all(r["cycles"] == doc["model_cycles"] for r in doc["images"])
+    assert (out / "sim.md").read_text().count("| yes |") == n_images
+    return doc
+
+
+@pytest.mark.slow
+@needs_iverilog
+def test_sim_vit_digits_w8a8_eight_images(tmp_path):
+    """`vit2hw sim --model vit_digits --bits 8` on 8 real digits test images: every logit
+    bit-exact with the integer reference, RTL cycles equal to the cycle model (~15 min, 2 jobs)."""
+    _accept(tmp_path, ["--bits", "8"], 8)
+
+
+@pytest.mark.slow
+@needs_iverilog
+def test_sim_vit_digits_uniform_attention(tmp_path):
+    """With uniform 8-bit attention (SOFTMAX mode 1, MUL8 P·V) the RTL stays bit-exact and
+    cycle-exact on 2 real images."""
+    doc = _accept(tmp_path, ["--bits", "8", "--attn", "uniform"], 2)
+    assert doc["method"]
+
+
+@pytest.mark.slow
+@needs_iverilog
+def test_sim_vit_digits_mixed_precision(tmp_path):
+    """`--bits mixed` (per-module widths, packed int4 GEMMs where chosen) is bit-exact and
+    cycle-exact on 2 real images."""
+    _accept(tmp_path, ["--bits", "mixed"], 2)
+
+
+@pytest.mark.slow
+@needs_iverilog
+def test_sim_reports_a_mismatch(tmp_path, monkeypatch, capsys):
+    """If the reference disagrees with the RTL in one logit, `vit2hw sim` exits 1, names that
+    output in its error line and records it in sim.json."""
+    import vit2hw.reference
+    real = vit2hw.reference.run_graph
+
+    def off_by_one(graph, inputs, keep=False):
+        out = real(graph, inputs, keep)
+        name = graph.outputs[0]
+        out[name] = out[name].copy()
+        out[name].reshape(out[name].shape[0], -1)[0, 3] += 1
+        return out
+
+    monkeypatch.setattr(vit2hw.reference, "run_graph", off_by_one)
+    out = tmp_path / "sim"
+    assert _sim_cli(["--model", "vit_digits", "--bits", "8", "--images", "1", "--quiet", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "differs from the reference: image 0: output" in err and "1 of" in err
+    doc = json.loads((out / "sim.json").read_text())
+    assert not doc["bit_exact"] and doc["images"][0]["mismatches"] == 1
