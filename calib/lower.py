@@ -118,9 +118,17 @@ def score_multiplier(s_q: float, s_k: float, head_dim: int) -> tuple[np.ndarray,
     return _mult(s_q * s_k * head_dim ** -0.5 * _LOG2E * (1 << I.SCORE_FRAC))
 
 
+#: activation quantizer kinds the integer contract can execute
+LOWERABLE_KINDS = ("int", "ptf", "log2", "fixed")
+
+
 def lower_plan(plan: QuantPlan, model, spec) -> QuantizedGraph:
     """Build the integer graph of ``model`` quantized by ``plan``."""
     A = plan.acts
+    for point, q in A.items():
+        if q.kind not in LOWERABLE_KINDS:  # e.g. float outliers: no integer form, refuse rather than approximate
+            raise LoweringError(f"{point}: " + (getattr(q, "refusal", "") or
+                                                f"activation quantizer kind {q.kind!r} has no integer form"))
     depth, d = len(model.blocks), model.pos_embed.shape[-1]
     p = spec.patch_size
     n_patch = (spec.img_size // p) ** 2

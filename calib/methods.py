@@ -59,12 +59,33 @@ def _mixed(model, spec, pixels, bits: str, act_observer="minmax", progress=True,
                            method="mixed", refine=refine)
 
 
+def _adfq(model, spec, pixels, bits: str, act_observer="minmax", progress=True, attn="auto", outliers=False,
+          recon_steps=None, **_):
+    from calib.adfq import ReconConfig, calibrate_adfq
+    name = "adfq-outlier" if outliers else "adfq"
+    if str(bits).lower() == "mixed":
+        raise BitsError(f"method {name} uses one uniform width; --bits mixed needs a mixed-precision method")
+    return calibrate_adfq(model, spec, pixels, parse_bits(bits, len(model.blocks)), act_observer,
+                          progress=progress, attn=attn, outliers=outliers, method=name,
+                          recon=ReconConfig() if recon_steps is None else ReconConfig(steps=recon_steps))
+
+
+def _adfq_outlier(*args, **opts):
+    return _adfq(*args, **{**opts, "outliers": True})
+
+
 METHODS: dict[str, Method] = {
     "fqvit": Method("fqvit", "FQ-ViT baseline: MinMax (or percentile) ranges, per-channel weights, "
                     "PTF LayerNorm inputs, 4-bit Log-Int-Softmax, GELU lookup table", True, _fqvit),
     "mixed": Method("mixed", "FQ-ViT baseline quantizers; --bits mixed: per-block MSA/MLP widths from "
                     "{4,6,8} by nuclear-norm sensitivity, least-sensitivity Pareto point within --budget "
                     "average weight bits", True, _mixed, mixed=True, uniform=False),
+    "adfq": Method("adfq", "ADFQ-ViT, hardware-mappable part: Shift-Log2 post-GELU codes (shift-mode fc2) "
+                   "where they beat uniform, module-wise reconstruction of scales with attention-score loss",
+                   True, _adfq),
+    "adfq-outlier": Method("adfq-outlier", "adfq plus per-patch outlier-aware post-LayerNorm quantizer (float "
+                           "outliers, run-time per-token scales): fake-quant accuracy only, cannot be lowered",
+                           False, _adfq_outlier),
 }
 
 

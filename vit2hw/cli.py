@@ -91,7 +91,12 @@ def cmd_methods(args) -> int:
 def cmd_quantize(args) -> int:
     from vit2hw.graph import save_graph
     from vit2hw.outputs import staged_dir
+    from calib.methods import get_method
     model, spec = _load(args)
+    method = get_method(args.method or _default_method(args.bits))
+    if not method.hardware_mappable:
+        raise ValueError(f"method {method.name} is not hardware-mappable and has no integer graph "
+                         f"({method.summary}); `vit2hw eval` measures its fake-quant accuracy")
     t0 = time.time()
     result = _quantize(args, model, spec)
     with staged_dir(args.out) as tmp:
@@ -131,7 +136,9 @@ def cmd_eval(args) -> int:
     for k in ("n_images", "fp_top1", "fakequant_top1", "integer_top1", "agreement", "logit_cosine",
               "avg_weight_bits", "avg_act_bits"):
         v = metrics[k]
-        print(f"{k:16s} {v:.4f}" if isinstance(v, float) else f"{k:16s} {v}")
+        print(f"{k:16s} {v:.4f}" if isinstance(v, float) else f"{k:16s} {'unavailable' if v is None else v}")
+    if metrics.get("integer_unavailable"):
+        print(f"{'integer':16s} not evaluated: {metrics['integer_unavailable']}")
     if metrics.get("module_bits"):
         print(_bits_summary(result.plan, model, spec))
     if args.json:

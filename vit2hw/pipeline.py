@@ -23,7 +23,9 @@ __all__ = ["QuantResult", "graph_input", "quantize_model", "evaluate", "top1"]
 @dataclass
 class QuantResult:
     plan: object
-    graph: QuantizedGraph
+    #: None for a method that is not hardware-mappable (fake-quant only); ``unavailable`` says why
+    graph: QuantizedGraph | None
+    unavailable: str | None = None
 
 
 def graph_input(images: np.ndarray) -> np.ndarray:
@@ -33,13 +35,19 @@ def graph_input(images: np.ndarray) -> np.ndarray:
 
 def quantize_model(model, spec, calib_images: np.ndarray, bits: str, method: str = "fqvit",
                    act_observer: str = "minmax", progress: bool = True, **method_opts) -> QuantResult:
-    """Calibrate ``model`` on ``calib_images`` with ``method`` and lower it to integers."""
-    from calib.lower import lower_plan
-    from calib.methods import run_method
+    """Calibrate ``model`` on ``calib_images`` with ``method`` and lower it to integers
+    (a method that is not hardware-mappable gets no graph, and the lowering's refusal)."""
+    from calib.lower import LoweringError, lower_plan
+    from calib.methods import get_method, run_method
 
     plan = run_method(method, model, spec, calib_images, bits, act_observer=act_observer,
                       progress=progress, **method_opts)
-    return QuantResult(plan, lower_plan(plan, model, spec))
+    try:
+        return QuantResult(plan, lower_plan(plan, model, spec))
+    except LoweringError as exc:
+        if get_method(method).hardware_mappable:
+            raise
+        return QuantResult(plan, None, str(exc))
 
 
 def _batched(n: int, batch: int, desc: str, progress: bool):
@@ -79,11 +87,16 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def evaluate(model, spec, result: QuantResult, images: np.ndarray, labels: np.ndarray,
              batch: int = 25, progress: bool = True) -> dict:
-    """FP, fake-quant and integer top-1 (percent), their agreement and logit cosine."""
+    """FP, fake-quant and integer top-1 (percent), their agreement and logit cosine
+    (integer metrics None, with ``integer_unavailable``, when the result has no graph)."""
     from calib.fakequant import fakequant_logits
 
     fp = fp_logits(model, spec, images, batch, progress)
     fq = fakequant_logits(model, spec, result.plan, images, batch)
+    if result.graph is None:
+        return {"n_images": int(len(images)), "fp_top1": top1(fp, labels), "fakequant_top1": top1(fq, labels),
+                "integer_top1": None, "agreement": None, "logit_cosine": None, "fakequant_logit_cosine": None,
+                "integer_unavailable": result.unavailable}
     it = integer_logits(result.graph, images, batch, progress)
     return {
         "n_images": int(len(images)),
