@@ -88,7 +88,8 @@ def compile_graph(graph, config, out_dir: Path | str, synth: bool = False, allow
     synth_counts = None
     files: list[Path] = []
     progress("[rtl] writing Verilog")
-    files += write_rtl(config, out / "rtl")
+    # the top only: the per-unit files double the generation time and the build synthesizes the top
+    files += write_rtl(config, out / "rtl", units=False)
     if synth:
         from hdl.synth import synthesize
         progress("[synth] yosys synth_xilinx on rtl/accelerator.v (minutes)")

@@ -38,9 +38,12 @@ def cmd_build(args) -> int:
     model, spec = _load(args)
     say(f"[calibrate] {spec.name}, bits {args.bits}, {args.calib_images} calibration images")
     result = _quantize(args, model, spec)
-    with staged_dir(args.out) as tmp:
-        built = compile_graph(result.graph, cfg, tmp, synth=args.synth, allow_overfit=args.allow_overfit,
-                              progress=say)
+    try:
+        with staged_dir(args.out) as tmp:
+            built = compile_graph(result.graph, cfg, tmp, synth=args.synth, allow_overfit=args.allow_overfit,
+                                  progress=say)
+    except NotImplementedError as exc:      # an op this hardware cannot run: a user-facing error
+        raise ValueError(str(exc)) from None
     rep = built.report
     print(f"built {spec.name} (bits {args.bits}) for {cfg.name} in {time.time() - t0:.1f} s: "
           f"{rep['total_cycles']} cycles, utilization {rep['utilization']:.3f}, "
