@@ -153,3 +153,24 @@ def test_capacity_errors(digits_log2, kw, msg):
     cfg = AcceleratorConfig(**{**SMALL.to_dict(), **kw})
     with pytest.raises(TileError, match=msg):
         schedule(digits_log2, cfg)
+
+
+def test_deit_tiny_block_bit_exact():
+    """One DeiT-Tiny block (197 tokens, 192 channels, 3 heads; synthetic weights) on the zcu102
+    and default presets: the interpreted program equals the reference exactly."""
+    import dataclasses
+
+    import torch
+
+    from vit2hw.models.zoo import create_model, get_spec
+    from vit2hw.pipeline import quantize_model
+    spec = dataclasses.replace(get_spec("deit_tiny"), depth=1)
+    model = create_model("deit_tiny", "synthetic")
+    model.blocks = torch.nn.ModuleList(list(model.blocks)[:1])
+    imgs = np.random.default_rng(0).integers(0, 256, (2, 3, 224, 224)).astype(np.uint8)
+    g = quantize_model(model, spec, imgs, "8", "fqvit", progress=False, attn="log2").graph
+    codes = graph_input(imgs[:1])
+    want = run_graph(g, codes)[g.outputs[0]]
+    for cfg in (get_preset("zcu102"), get_preset("default")):
+        _, got = _run_images(g, cfg, codes)
+        np.testing.assert_array_equal(got, want)
