@@ -34,6 +34,12 @@ _COLUMNS = [("method", "method", "{}"), ("bits", "bits", "{}"), ("fp_top1", "FP 
             ("model_size_kib", "size KiB", "{:.1f}"), ("seconds", "time s", "{:.0f}")]
 
 
+def _cell(row: dict, key: str, fmt: str) -> str:
+    """A formatted value; "n/a" where the method has none (no integer graph: no integer top-1)."""
+    v = row.get(key)
+    return "n/a" if v is None else fmt.format(v)
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -68,9 +74,10 @@ def compare_methods(model, spec, calib_images: np.ndarray, images: np.ndarray, l
         rec = bits_record(result.plan, model, spec)
         row.update(status="ok", **metrics, **rec, model_size_kib=rec["model_size_bytes"] / 1024,
                    seconds=time.time() - t0, attn=sorted(set(result.plan.attn_modes.values())))
-        log(f"[{n}/{len(pairs)}] {method} {b}: integer top-1 {row['integer_top1']:.2f} "
-            f"(fp {row['fp_top1']:.2f}, agreement {row['agreement']:.3f}, "
-            f"avg W bits {row['avg_weight_bits']:.2f}) in {row['seconds']:.0f} s")
+        log(f"[{n}/{len(pairs)}] {method} {b}: integer top-1 {_cell(row, 'integer_top1', '{:.2f}')} "
+            f"(fake-quant {row['fakequant_top1']:.2f}, fp {row['fp_top1']:.2f}, "
+            f"agreement {_cell(row, 'agreement', '{:.3f}')}, avg W bits {row['avg_weight_bits']:.2f}) "
+            f"in {row['seconds']:.0f} s")
         rows.append(row)
     return rows
 
@@ -85,7 +92,7 @@ def format_markdown(rows: list[dict], meta: dict) -> str:
         if r.get("status") != "ok":
             skipped.append(f"- {r['method']} {r['bits']}: skipped — {r.get('reason', '')}")
             continue
-        body.append("| " + " | ".join(fmt.format(r[k]) for k, _, fmt in _COLUMNS) + " |")
+        body.append("| " + " | ".join(_cell(r, k, fmt) for k, _, fmt in _COLUMNS) + " |")
     mixed = [r for r in rows if r.get("status") == "ok" and r["bits"] == "mixed"]
     tail = []
     for r in mixed:

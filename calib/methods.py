@@ -51,12 +51,16 @@ def _fqvit(model, spec, pixels, bits: str, act_observer="minmax", progress=True,
 
 
 def _mixed(model, spec, pixels, bits: str, act_observer="minmax", progress=True, attn="auto", budget=None,
-           refine=None, **_):
+           refine=None, act_bits=8, name="mixed", **_):
     from calib.mixed import calibrate_mixed
     if str(bits).strip().lower() != "mixed":
-        raise BitsError("method mixed only allocates mixed widths (--bits mixed); uniform widths are fqvit's")
+        raise BitsError(f"method {name} only allocates mixed widths (--bits mixed); uniform widths are fqvit's")
     return calibrate_mixed(model, spec, pixels, budget, act_observer, progress=progress, attn=attn,
-                           method="mixed", refine=refine)
+                           method=name, act_bits=act_bits, refine=refine)
+
+
+def _mixed_wa(*args, **opts):
+    return _mixed(*args, **{**opts, "act_bits": None, "name": "mixed-wa"})
 
 
 def _adfq(model, spec, pixels, bits: str, act_observer="minmax", progress=True, attn="auto", outliers=False,
@@ -77,9 +81,11 @@ def _adfq_outlier(*args, **opts):
 METHODS: dict[str, Method] = {
     "fqvit": Method("fqvit", "FQ-ViT baseline: MinMax (or percentile) ranges, per-channel weights, "
                     "PTF LayerNorm inputs, 4-bit Log-Int-Softmax, GELU lookup table", True, _fqvit),
-    "mixed": Method("mixed", "FQ-ViT baseline quantizers; --bits mixed: per-block MSA/MLP widths from "
-                    "{4,6,8} by nuclear-norm sensitivity, least-sensitivity Pareto point within --budget "
-                    "average weight bits", True, _mixed, mixed=True, uniform=False),
+    "mixed": Method("mixed", "FQ-ViT baseline quantizers; --bits mixed: per-block MSA/MLP weight widths "
+                    "from {4,6,8} by nuclear-norm sensitivity, least-sensitivity Pareto point within --budget "
+                    "average weight bits; activations 8-bit", True, _mixed, mixed=True, uniform=False),
+    "mixed-wa": Method("mixed-wa", "as mixed, but each module's GEMM inputs take its weight width (W = A "
+                       "per module, as in Liu et al. 2021)", True, _mixed_wa, mixed=True, uniform=False),
     "adfq": Method("adfq", "ADFQ-ViT, hardware-mappable part: Shift-Log2 post-GELU codes (shift-mode fc2) "
                    "where they beat uniform, module-wise reconstruction of scales with attention-score loss",
                    True, _adfq),

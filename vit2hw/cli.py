@@ -27,7 +27,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default="8", help="8 | 6 | 4 | wXaY (e.g. w4a8) | mixed (default 8)")
-    p.add_argument("--method", default=None, help="calibration method (see `vit2hw methods`)")
+    p.add_argument("--method", default=None, help="calibration method (see `vit2hw methods`); with "
+                   "eval --compare a comma-separated list")
     p.add_argument("--calib-data", help="ImageFolder (<wnid>/<image>) of calibration images")
     p.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES,
                    help=f"number of calibration images (default {DEFAULT_CALIB_IMAGES})")
@@ -147,10 +148,10 @@ def cmd_eval(args) -> int:
 
 
 def _eval_compare(args, model, spec, data) -> int:
-    """Every method at every standard width (see calib.compare); --method restricts the methods."""
+    """Every method at every standard width (see calib.compare); --method a,b restricts the methods."""
     from calib.compare import compare_methods, format_markdown, write_table
     from calib.methods import get_method
-    methods = [get_method(args.method).name] if args.method else None
+    methods = [get_method(m.strip()).name for m in args.method.split(",")] if args.method else None
     if args.budget is not None:
         from calib.mixed import check_budget
         check_budget(args.budget)
