@@ -78,6 +78,15 @@ def _adfq_outlier(*args, **opts):
     return _adfq(*args, **{**opts, "outliers": True})
 
 
+def _ptq4vit(model, spec, pixels, bits: str, act_observer="minmax", progress=True, attn="auto", budget=None,
+             **opts):
+    from calib.similarity import calibrate_ptq4vit
+    if str(bits).strip().lower() == "mixed":
+        raise BitsError("method ptq4vit uses one uniform width; --bits mixed needs a mixed-precision method")
+    return calibrate_ptq4vit(model, spec, pixels, parse_bits(bits, len(model.blocks)), act_observer,
+                             progress=progress, attn=attn, **opts)
+
+
 METHODS: dict[str, Method] = {
     "fqvit": Method("fqvit", "FQ-ViT baseline: MinMax (or percentile) ranges, per-channel weights, "
                     "PTF LayerNorm inputs, 4-bit Log-Int-Softmax, GELU lookup table", True, _fqvit),
@@ -92,6 +101,8 @@ METHODS: dict[str, Method] = {
     "adfq-outlier": Method("adfq-outlier", "adfq plus per-patch outlier-aware post-LayerNorm quantizer (float "
                            "outliers, run-time per-token scales): fake-quant accuracy only, cannot be lowered",
                            False, _adfq_outlier),
+    "ptq4vit": Method("ptq4vit", "fqvit baseline, then per-layer similarity-aware search of weight/input "
+                      "intervals, ranking-aware q/k search, bias correction (Liu et al. 2021)", True, _ptq4vit),
 }
 
 
