@@ -27,14 +27,14 @@ def main() -> int:
     args = ap.parse_args()
     from vit2hw.cli import main as cli_main
     steps: list[tuple[str, float]] = []
-    last = [time.perf_counter()]
+    last = [time.perf_counter(), "start"]
 
     real_print = print
 
     def stamp(msg: str) -> None:
         now = time.perf_counter()
-        steps.append((msg.split("]")[0].strip("["), now - last[0]))
-        last[0] = now
+        steps.append((last[1], now - last[0]))     # the interval belongs to the previous step
+        last[0], last[1] = now, msg.split("]")[0].strip("[")
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["build", "--model", "deit_tiny", "--bits", args.bits, "--target", args.target,
                 "--calib-images", str(args.calib_images), "--quiet", "--out", str(Path(tmp) / "out")]
@@ -53,8 +53,10 @@ def main() -> int:
     import json
     r = json.loads(rep)
     print(f"vit2hw build --model deit_tiny --bits {args.bits} --target {args.target}: {wall:.1f} s wall (rc {rc})")
+    steps.append((last[1], time.perf_counter() - last[0]))
     for name, dt in steps:
-        print(f"  step ending at [{name}]: {dt:.1f} s")
+        print(f"  [{name}] {dt:.1f} s")
+    print(f"  process CPU time {time.process_time():.1f} s (wall time on a loaded machine can be far longer)")
     if r:
         print(f"  total_cycles {r['total_cycles']}  ideal {r['ideal_cycles']}  utilization {r['utilization']:.3f}  "
               f"latency {r['latency_ms']:.3f} ms  fps {r['fps']:.1f}  "
