@@ -1,7 +1,7 @@
 """``vit2hw build``: calibrate a model and compile it into RTL, a program and reports.
 
 ``vit2hw build --model M --bits B [--weights W] [--calib-data D] [--calib-images N]
-[--method M] [--target T | --array RxC | --config F] [--synth] [--allow-overfit] --out DIR``
+[--method M] [--target T | --array RxC | --config F] [--synth] [--allow-overfit] [--out DIR]``
 
 The configuration is checked first (unknown target, malformed ``RxC``, an array the
 device cannot hold: one error line, nothing written), then the model is calibrated,
@@ -30,6 +30,8 @@ def cmd_build(args) -> int:
     from vit2hw.outputs import staged_dir
     say = _progress(args.quiet)
     t0 = time.time()
+    if args.out is None:
+        args.out = f"out/{args.model}-{args.bits}"
     if args.config and (args.target or args.array):
         raise ValueError("give --config alone, or --target and/or --array")
     cfg = resolve_build_config(args.config, args.target, args.array, args.allow_overfit)
@@ -63,6 +65,7 @@ def add_build_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--synth", action="store_true", help="also synthesize the RTL with Yosys (slow)")
     p.add_argument("--allow-overfit", action="store_true",
                    help="build even if the design exceeds the target device")
-    p.add_argument("--out", required=True, help="output directory (replaced when complete)")
+    p.add_argument("--out", default=None,
+                   help="output directory, replaced when complete (default: out/<model>-<bits>)")
     p.set_defaults(func=cmd_build)
     return p
