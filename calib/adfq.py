@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from calib.fakequant import FakeQuantPolicy, log2_code_probs
-from calib.forward import FloatPolicy, _split_qkv_weights, vit_forward
+from calib.forward import FloatPolicy, block_forward, mlp_forward, msa_forward, vit_forward
 from calib.fqvit import BitConfig, RecordingPolicy, calibrate_fqvit, layer_weights
 from calib.plan import ActQuant, QuantPlan, quantize_weight
 from vit2hw import intops as I
@@ -185,52 +185,6 @@ def outlier_quant(x: torch.Tensor, bits: int, fraction: float = OUTLIER_FRACTION
     a = x.detach().double().abs().reshape(-1)
     thr = float(torch.quantile(a, 1.0 - fraction)) if fraction > 0 else math.inf
     return PerPatchOutlierQuant(bits, np.array([1.0]), 0, "patch_outlier", threshold=thr)
-
-
-# ------------------------------------------------------------------ module forwards
-
-def msa_forward(blk, b: str, x: torch.Tensor, policy) -> tuple[torch.Tensor, torch.Tensor]:
-    """MSA module of block ``b`` on its (already quantized) residual input: (proj output, scores)."""
-    attn, dt = blk.attn, x.dtype
-    h = policy.act(f"{b}.norm1.out", policy.layernorm(f"{b}.norm1", x, blk.norm1))
-    outs = []
-    for tag, (w, bias) in zip("qkv", _split_qkv_weights(attn)):
-        name = f"{b}.attn.{tag}"
-        y = F.linear(h, policy.weight(name, w.detach().to(dt)), policy.bias(name, bias.detach().to(dt)))
-        outs.append(policy.act(name, y))
-    q, k, v = outs
-    bsz, n, d = q.shape
-    heads = attn.num_heads
-    hd = d // heads
-    qh, kh, vh = (t.reshape(bsz, n, heads, hd).transpose(1, 2) for t in (q, k, v))
-    s = policy.scores(f"{b}.attn.scores", (qh @ kh.transpose(-2, -1)) * (hd ** -0.5), hd)
-    p = policy.softmax(f"{b}.attn.probs", s)
-    o = policy.act(f"{b}.attn.out", (p @ vh).transpose(1, 2).reshape(bsz, n, d))
-    name = f"{b}.attn.proj"
-    y = F.linear(o, policy.weight(name, attn.proj.weight.detach().to(dt)),
-                 policy.bias(name, attn.proj.bias.detach().to(dt)))
-    return policy.act(f"{b}.attn.proj.out", y), s
-
-
-def mlp_forward(blk, b: str, x: torch.Tensor, policy) -> torch.Tensor:
-    """MLP module of block ``b`` on its (already quantized) residual input: the fc2 output."""
-    dt = x.dtype
-    h = policy.act(f"{b}.norm2.out", policy.layernorm(f"{b}.norm2", x, blk.norm2))
-    y = F.linear(h, policy.weight(f"{b}.mlp.fc1", blk.mlp.fc1.weight.detach().to(dt)),
-                 policy.bias(f"{b}.mlp.fc1", blk.mlp.fc1.bias.detach().to(dt)))
-    y = policy.act(f"{b}.mlp.gelu.out", policy.gelu(f"{b}.mlp.gelu", policy.act(f"{b}.mlp.fc1.out", y)))
-    y = F.linear(y, policy.weight(f"{b}.mlp.fc2", blk.mlp.fc2.weight.detach().to(dt)),
-                 policy.bias(f"{b}.mlp.fc2", blk.mlp.fc2.bias.detach().to(dt)))
-    return policy.act(f"{b}.mlp.fc2.out", y)
-
-
-def block_forward(blk, i: int, depth: int, x: torch.Tensor, policy) -> tuple[torch.Tensor, torch.Tensor]:
-    """One block as :func:`calib.forward.vit_forward` runs it: (MLP input, block output)."""
-    b = f"blocks.{i}"
-    y, _ = msa_forward(blk, b, x, policy)
-    mid = policy.act(f"{b}.norm2.in", x + y)
-    nxt = f"blocks.{i + 1}.norm1.in" if i + 1 < depth else "norm.in"
-    return mid, policy.act(nxt, mid + mlp_forward(blk, b, mid, policy))
 
 
 class _Stop(Exception):

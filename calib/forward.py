@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FloatPolicy", "vit_forward", "folded_patch_embed", "activation_points", "linear_layers"]
+__all__ = ["FloatPolicy", "vit_forward", "msa_forward", "mlp_forward", "block_forward", "folded_patch_embed", "activation_points", "linear_layers"]
 
 
 class FloatPolicy:
@@ -92,6 +92,51 @@ def _split_qkv_weights(attn):
     return (w[:d], b[:d]), (w[d:2 * d], b[d:2 * d]), (w[2 * d:], b[2 * d:])
 
 
+def msa_forward(blk, b: str, x: torch.Tensor, policy) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSA module of block ``b`` on its (already quantized) residual input: (proj output, scores)."""
+    attn, dt = blk.attn, x.dtype
+    h = policy.act(f"{b}.norm1.out", policy.layernorm(f"{b}.norm1", x, blk.norm1))
+    outs = []
+    for tag, (w, bias) in zip("qkv", _split_qkv_weights(attn)):
+        name = f"{b}.attn.{tag}"
+        y = F.linear(h, policy.weight(name, w.detach().to(dt)), policy.bias(name, bias.detach().to(dt)))
+        outs.append(policy.act(name, y))
+    q, k, v = outs
+    bsz, n, d = q.shape
+    heads = attn.num_heads
+    hd = d // heads
+    qh, kh, vh = (t.reshape(bsz, n, heads, hd).transpose(1, 2) for t in (q, k, v))
+    s = policy.scores(f"{b}.attn.scores", (qh @ kh.transpose(-2, -1)) * (hd ** -0.5), hd)
+    p = policy.softmax(f"{b}.attn.probs", s)
+    o = policy.act(f"{b}.attn.out", (p @ vh).transpose(1, 2).reshape(bsz, n, d))
+    name = f"{b}.attn.proj"
+    y = F.linear(o, policy.weight(name, attn.proj.weight.detach().to(dt)),
+                 policy.bias(name, attn.proj.bias.detach().to(dt)))
+    return policy.act(f"{b}.attn.proj.out", y), s
+
+
+def mlp_forward(blk, b: str, x: torch.Tensor, policy) -> torch.Tensor:
+    """MLP module of block ``b`` on its (already quantized) residual input: the fc2 output."""
+    dt = x.dtype
+    h = policy.act(f"{b}.norm2.out", policy.layernorm(f"{b}.norm2", x, blk.norm2))
+    y = F.linear(h, policy.weight(f"{b}.mlp.fc1", blk.mlp.fc1.weight.detach().to(dt)),
+                 policy.bias(f"{b}.mlp.fc1", blk.mlp.fc1.bias.detach().to(dt)))
+    y = policy.act(f"{b}.mlp.gelu.out", policy.gelu(f"{b}.mlp.gelu", policy.act(f"{b}.mlp.fc1.out", y)))
+    y = F.linear(y, policy.weight(f"{b}.mlp.fc2", blk.mlp.fc2.weight.detach().to(dt)),
+                 policy.bias(f"{b}.mlp.fc2", blk.mlp.fc2.bias.detach().to(dt)))
+    return policy.act(f"{b}.mlp.fc2.out", y)
+
+
+def block_forward(blk, i: int, depth: int, x: torch.Tensor, policy) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block as :func:`vit_forward` runs it: (MLP input, block output)."""
+    b = f"blocks.{i}"
+    y, _ = msa_forward(blk, b, x, policy)
+    mid = policy.act(f"{b}.norm2.in", x + y)
+    nxt = f"blocks.{i + 1}.norm1.in" if i + 1 < depth else "norm.in"
+    return mid, policy.act(nxt, mid + mlp_forward(blk, b, mid, policy))
+
+
+
 def vit_forward(model, spec, pixels: torch.Tensor, policy=None, dtype=torch.float64) -> torch.Tensor:
     """Logits of ``model`` on uint8-valued ``pixels`` [B, C, H, W] under ``policy``."""
     policy = policy or FloatPolicy()
@@ -104,42 +149,7 @@ def vit_forward(model, spec, pixels: torch.Tensor, policy=None, dtype=torch.floa
     depth = len(model.blocks)
     x = policy.act("blocks.0.norm1.in", x)
     for i, blk in enumerate(model.blocks):
-        b = f"blocks.{i}"
-        attn = blk.attn
-        h = policy.act(f"{b}.norm1.out", policy.layernorm(f"{b}.norm1", x, blk.norm1))
-        outs = []
-        for tag, (w, bias) in zip("qkv", _split_qkv_weights(attn)):
-            name = f"{b}.attn.{tag}"
-            y = F.linear(h, policy.weight(name, w.detach().to(dtype)), policy.bias(name, bias.detach().to(dtype)))
-            outs.append(policy.act(name, y))
-        q, k, v = outs
-        bsz, n, d = q.shape
-        heads = attn.num_heads
-        hd = d // heads
-        qh = q.reshape(bsz, n, heads, hd).transpose(1, 2)
-        kh = k.reshape(bsz, n, heads, hd).transpose(1, 2)
-        vh = v.reshape(bsz, n, heads, hd).transpose(1, 2)
-        s = policy.scores(f"{b}.attn.scores", (qh @ kh.transpose(-2, -1)) * (hd ** -0.5), hd)
-        p = policy.softmax(f"{b}.attn.probs", s)
-        o = (p @ vh).transpose(1, 2).reshape(bsz, n, d)
-        o = policy.act(f"{b}.attn.out", o)
-        name = f"{b}.attn.proj"
-        y = F.linear(o, policy.weight(name, attn.proj.weight.detach().to(dtype)),
-                     policy.bias(name, attn.proj.bias.detach().to(dtype)))
-        y = policy.act(f"{b}.attn.proj.out", y)
-        x = policy.act(f"{b}.norm2.in", x + y)
-        h = policy.act(f"{b}.norm2.out", policy.layernorm(f"{b}.norm2", x, blk.norm2))
-        name = f"{b}.mlp.fc1"
-        y = F.linear(h, policy.weight(name, blk.mlp.fc1.weight.detach().to(dtype)),
-                     policy.bias(name, blk.mlp.fc1.bias.detach().to(dtype)))
-        y = policy.act(f"{b}.mlp.fc1.out", y)
-        y = policy.act(f"{b}.mlp.gelu.out", policy.gelu(f"{b}.mlp.gelu", y))
-        name = f"{b}.mlp.fc2"
-        y = F.linear(y, policy.weight(name, blk.mlp.fc2.weight.detach().to(dtype)),
-                     policy.bias(name, blk.mlp.fc2.bias.detach().to(dtype)))
-        y = policy.act(f"{b}.mlp.fc2.out", y)
-        nxt = f"blocks.{i + 1}.norm1.in" if i + 1 < depth else "norm.in"
-        x = policy.act(nxt, x + y)
+        _, x = block_forward(blk, i, depth, x, policy)
     cls_tok = x[:, :1]
     h = policy.act("norm.out", policy.layernorm("norm", cls_tok, model.norm))
     logits = F.linear(h, policy.weight("head", model.head.weight.detach().to(dtype)),

@@ -32,22 +32,8 @@ def resolve_build_config(config_file: str | None, target: str | None, array: str
                          allow_overfit: bool = False):
     """The AcceleratorConfig of the options (``ValueError`` for bad input). Without
     ``allow_overfit`` an array beyond the device's DSPs/LUTs is an error (``hdl.rtl.check_resources``)."""
-    from hdl.config import AcceleratorConfig, get_preset, parse_array
     from vit2hw.cli_rtl import resolve_config
-    if not allow_overfit:
-        return resolve_config(config_file, target, array)
-    if config_file and target:
-        raise ValueError("give either --config or --target, not both")
-    if config_file:
-        try:
-            cfg = AcceleratorConfig.load(config_file)
-        except (OSError, TypeError, KeyError) as exc:
-            raise ValueError(f"cannot read accelerator config {config_file}: {exc}") from None
-    else:
-        cfg = get_preset(target or "default")
-    if array:
-        cfg = cfg.with_array(*parse_array(array))
-    return cfg
+    return resolve_config(config_file, target, array, check=not allow_overfit)
 
 
 def check_fit(config, allow_overfit: bool = False) -> dict:

@@ -14,8 +14,9 @@ import argparse
 __all__ = ["add_rtl_command", "resolve_config", "cmd_rtl"]
 
 
-def resolve_config(config_file: str | None, target: str | None, array: str | None):
-    """The ``AcceleratorConfig`` the options describe (``ValueError`` for bad input)."""
+def resolve_config(config_file: str | None, target: str | None, array: str | None, check: bool = True):
+    """The ``AcceleratorConfig`` the options describe (``ValueError`` for bad input); ``check``
+    also rejects an array the target device cannot hold."""
     from hdl.config import AcceleratorConfig, get_preset, parse_array
     from hdl.rtl import check_resources
     if config_file and target:
@@ -30,7 +31,8 @@ def resolve_config(config_file: str | None, target: str | None, array: str | Non
     if array:
         rows, cols = parse_array(array)
         cfg = cfg.with_array(rows, cols)
-    check_resources(cfg)
+    if check:
+        check_resources(cfg)
     return cfg
 
 
