@@ -143,15 +143,19 @@ class GemmEngine(wiring.Component):
         cfg = view(self.instr, Op.GEMM)
         lg = (g.bus_bytes - 1).bit_length()
 
-        # ---- feed: one K step of the tile per accepted beat
+        # ---- feed: one K step of the tile per accepted beat. The scratchpads read
+        # synchronously, so the A/B addresses come from the counters' next values: the
+        # line used in a cycle was addressed in the cycle before.
         feeding = Signal()
         f_rows = Signal(16)
         f_j = Signal(16)
-        k = Signal(16)
-        a_base = Signal(24)
-        b_base = Signal(24)
+        k, k_n = Signal(16), Signal(16)
+        a_base, a_base_n = Signal(24), Signal(24)
+        b_base, b_base_n = Signal(24), Signal(24)
+        m.d.comb += [k_n.eq(k), a_base_n.eq(a_base), b_base_n.eq(b_base)]
+        m.d.sync += [k.eq(k_n), a_base.eq(a_base_n), b_base.eq(b_base_n)]
         sel = k[:lg] if lg else 0
-        m.d.comb += [self.a_rd.addr.eq(a_base + (k >> lg)), self.b_rd.addr.eq(b_base + (k >> lg))]
+        m.d.comb += [self.a_rd.addr.eq(a_base_n + (k_n >> lg)), self.b_rd.addr.eq(b_base_n + (k_n >> lg))]
         pi = ra.i.payload
         for r in range(R):
             m.d.comb += pi.a[r].eq(self.a_rd.data[r].word_select(sel, 8) if lg else self.a_rd.data[r][:8])
@@ -162,37 +166,46 @@ class GemmEngine(wiring.Component):
                      pi.mode.eq(cfg.mode), pi.a_unsigned.eq(cfg.a_unsigned), pi.tag.eq(0)]
         with m.If(self.go):
             m.d.sync += [feeding.eq((cfg.m_tiles != 0) & (cfg.n_tiles != 0) & (cfg.k_beats != 0)),
-                         f_rows.eq(cfg.m_tiles), f_j.eq(0), k.eq(0),
-                         a_base.eq(cfg.a_addr), b_base.eq(cfg.b_addr)]
+                         f_rows.eq(cfg.m_tiles), f_j.eq(0)]
+            m.d.comb += [k_n.eq(0), a_base_n.eq(cfg.a_addr), b_base_n.eq(cfg.b_addr)]
         with m.Elif(ra.i.valid & ra.i.ready):
             with m.If(last):
-                m.d.sync += k.eq(0)
+                m.d.comb += k_n.eq(0)
                 with m.If(f_j == cfg.n_tiles - 1):
-                    m.d.sync += [f_j.eq(0), b_base.eq(cfg.b_addr), a_base.eq(a_base + cfg.a_row_lines),
-                                 f_rows.eq(f_rows - 1)]
+                    m.d.sync += [f_j.eq(0), f_rows.eq(f_rows - 1)]
+                    m.d.comb += [b_base_n.eq(cfg.b_addr), a_base_n.eq(a_base + cfg.a_row_lines)]
                     with m.If(f_rows == 1):
                         m.d.sync += feeding.eq(0)
                 with m.Else():
-                    m.d.sync += [f_j.eq(f_j + 1), b_base.eq(b_base + cfg.b_row_lines)]
+                    m.d.sync += f_j.eq(f_j + 1)
+                    m.d.comb += b_base_n.eq(b_base + cfg.b_row_lines)
             with m.Else():
-                m.d.sync += k.eq(k + 1)
+                m.d.comb += k_n.eq(k + 1)
 
         # ---- drain: parameters and O address of each row leaving the array
-        d_j = Signal(16)
-        d_rowoff = Signal(24)
-        o_ptr = Signal(24)
+        d_j, d_j_n = Signal(16), Signal(16)
+        d_rowoff, d_rowoff_n = Signal(24), Signal(24)
+        o_ptr, o_ptr_n = Signal(24), Signal(24)
         cur = Signal(24)
+        m.d.comb += [d_j_n.eq(d_j), d_rowoff_n.eq(d_rowoff), o_ptr_n.eq(o_ptr)]
+        m.d.sync += [d_j.eq(d_j_n), d_rowoff.eq(d_rowoff_n), o_ptr.eq(o_ptr_n)]
         m.d.comb += cur.eq(Mux(ra.drain_row == 0, d_rowoff + d_j, o_ptr))
         with m.If(self.go):
-            m.d.sync += [d_j.eq(0), d_rowoff.eq(0), o_ptr.eq(0)]
+            m.d.comb += [d_j_n.eq(0), d_rowoff_n.eq(0), o_ptr_n.eq(0)]
         with m.Elif(ra.drain_valid):
-            m.d.sync += o_ptr.eq(cur + cfg.n_tiles)
+            m.d.comb += o_ptr_n.eq(cur + cfg.n_tiles)
             with m.If(ra.drain_row == R - 1):
                 with m.If(d_j == cfg.n_tiles - 1):
-                    m.d.sync += [d_j.eq(0), d_rowoff.eq(d_rowoff + cfg.n_tiles * R)]
+                    m.d.comb += [d_j_n.eq(0), d_rowoff_n.eq(d_rowoff + cfg.n_tiles * R)]
                 with m.Else():
-                    m.d.sync += d_j.eq(d_j + 1)
-        m.d.comb += self.p_rd.addr.eq(cfg.p_addr + Mux(cfg.bias_per_row, cur, d_j))
+                    m.d.comb += d_j_n.eq(d_j + 1)
+        # P is read one cycle ahead of the drain: rows leave in order 0..R-1 on consecutive
+        # cycles, so after row r < R-1 comes row r+1 (at o_ptr_n), otherwise the next row
+        # to leave, whenever it does, is row 0 of the tile (d_rowoff_n, d_j_n)
+        cur_n = Signal(24)
+        m.d.comb += cur_n.eq(Mux(ra.drain_valid & (ra.drain_row != R - 1) & ~self.go, o_ptr_n,
+                                 d_rowoff_n + d_j_n))
+        m.d.comb += self.p_rd.addr.eq(cfg.p_addr + Mux(cfg.bias_per_row, cur_n, d_j_n))
         rec_bits = RECORD_BYTES * 8
         prm = self.p_rd.data[0]
         for c in range(C):
@@ -270,16 +283,20 @@ class VectorEngine(wiring.Component):
         pa, pb, pw = Signal(24), Signal(24), Signal(24)
         unit_busy = Mux(unit == 0, ln.busy, Mux(unit == 1, sm.busy, vu.busy))
         m.d.comb += self.busy.eq(running)
+        # the V reads are synchronous: address the line of the next cycle (pa_n, pb_n)
+        pa_n, pb_n = Signal(24), Signal(24)
+        m.d.comb += [pa_n.eq(pa), pb_n.eq(pb)]
+        m.d.sync += [pa.eq(pa_n), pb.eq(pb_n)]
         with m.If(self.go):
             m.d.sync += [running.eq(1),
                          unit.eq(Mux(op == Op.LAYERNORM, 0, Mux(op == Op.SOFTMAX, 1, 2))),
-                         pa.eq(Mux(op == Op.RESIDUAL_ADD, v_res.src_a, v_ln.src)),
-                         pb.eq(v_res.src_b), pw.eq(Mux(op == Op.RESIDUAL_ADD, v_res.dst, v_ln.dst))]
+                         pw.eq(Mux(op == Op.RESIDUAL_ADD, v_res.dst, v_ln.dst))]
+            m.d.comb += [pa_n.eq(Mux(op == Op.RESIDUAL_ADD, v_res.src_a, v_ln.src)), pb_n.eq(v_res.src_b)]
         with m.Elif(running & ~unit_busy):
             m.d.sync += running.eq(0)
 
         # input beats from consecutive V lines
-        m.d.comb += [self.va.addr.eq(pa), self.vb.addr.eq(pb)]
+        m.d.comb += [self.va.addr.eq(pa_n), self.vb.addr.eq(pb_n)]
         va, vb = self.va.data[0], self.vb.data[0]
         for l in range(L):
             lane_a, lane_b = va[l * 32:(l + 1) * 32], vb[l * 32:(l + 1) * 32]
@@ -289,7 +306,7 @@ class VectorEngine(wiring.Component):
                      vu.i.valid.eq(running & (unit == 2))]
         fire_in = (ln.i.valid & ln.i.ready) | (sm.i.valid & sm.i.ready) | (vu.i.valid & vu.i.ready)
         with m.If(fire_in & ~self.go):
-            m.d.sync += [pa.eq(pa + 1), pb.eq(pb + 1)]
+            m.d.comb += [pa_n.eq(pa + 1), pb_n.eq(pb + 1)]
 
         # output beats to consecutive V lines
         m.d.comb += [ln.o.ready.eq(1), sm.o.ready.eq(1), vu.o.ready.eq(1)]

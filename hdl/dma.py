@@ -294,7 +294,11 @@ class StoreEngine(wiring.Component):
             with m.If(cfg.ebytes_log2 == log):
                 m.d.comb += wpl_now.eq(Mux(is_v_now, g.words_per_line(Target.V, e), g.words_per_line(Target.O, e)))
 
-        m.d.comb += [self.o_rd.addr.eq(line_ptr), self.v_rd.addr.eq(line_ptr)]
+        # synchronous scratchpad reads: address the line of the next cycle
+        line_ptr_n = Signal(24)
+        m.d.comb += line_ptr_n.eq(line_ptr)
+        m.d.sync += line_ptr.eq(line_ptr_n)
+        m.d.comb += [self.o_rd.addr.eq(line_ptr_n), self.v_rd.addr.eq(line_ptr_n)]
         o_word, o_strb = self._narrow(m, self.o_rd.data[0], g.cols, cfg.ebytes_log2, elem_base, cfg.row_elems, wi)
         v_word, v_strb = self._narrow(m, self.v_rd.data[0], g.lanes, cfg.ebytes_log2, elem_base, cfg.row_elems, wi)
         active = rows != 0
@@ -308,13 +312,13 @@ class StoreEngine(wiring.Component):
             m.d.sync += [is_v.eq(is_v_now), wpl.eq(wpl_now),
                          lanes.eq(Mux(is_v_now, g.lanes, g.cols)),
                          rows.eq(Mux(cfg.row_lines != 0, cfg.rows, 0)), wi.eq(0), li.eq(0),
-                         line_ptr.eq(cfg.spad_addr), addr.eq(cfg.ext_addr), row_addr.eq(cfg.ext_addr),
-                         elem_base.eq(0)]
+                         addr.eq(cfg.ext_addr), row_addr.eq(cfg.ext_addr), elem_base.eq(0)]
+            m.d.comb += line_ptr_n.eq(cfg.spad_addr)
         with m.Elif(self.bus.req_valid & self.bus.req_ready):
             m.d.sync += [wi.eq(wi + 1), addr.eq(addr + wb)]
             with m.If(wi == wpl - 1):
-                m.d.sync += [wi.eq(0), line_ptr.eq(line_ptr + 1), elem_base.eq(elem_base + lanes),
-                             li.eq(li + 1)]
+                m.d.sync += [wi.eq(0), elem_base.eq(elem_base + lanes), li.eq(li + 1)]
+                m.d.comb += line_ptr_n.eq(line_ptr + 1)
                 with m.If(li == cfg.row_lines - 1):
                     m.d.sync += [li.eq(0), elem_base.eq(0), rows.eq(rows - 1),
                                  row_addr.eq(row_addr + cfg.ext_stride), addr.eq(row_addr + cfg.ext_stride)]

@@ -8,10 +8,12 @@ accelerator (see :class:`vit2hw.isa.Geometry`):
   ``r % banks``, so one read yields K-step ``k`` of every row of a tile;
 * O, V, P: a single bank of wide lines.
 
-Reads are combinational (asynchronous read ports): a reader presents an address and
-uses the data in the same cycle, which keeps every engine's timing one beat per cycle
-with no prefetch. On FPGAs this maps to distributed RAM; block RAM would need a
-registered read and a one-cycle prefetch in each reader (docs/isa.md, limits).
+Reads are synchronous (registered read ports, read-first): the line addressed in one
+cycle is on ``data`` in the next, the pattern FPGA tools map to block RAM (combinational
+reads of these sizes become LUT RAM and flip-flops, which does not fit a 16×16 build).
+Every reader therefore drives the address of the beat it will use in the *next* cycle,
+computed from its counters' next values, so engines still take one beat per cycle and no
+cycle is added. A read of a line written in the same cycle returns the old line.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def write_port_signature(width: int, depth: int, banks: int) -> wiring.Signature
 
 
 def read_port_signature(width: int, depth: int, banks: int) -> wiring.Signature:
-    """Driver's view of a read port: ``data`` is line ``addr`` of every bank, same cycle."""
+    """Driver's view of a read port: ``data`` is line ``addr`` (of the previous cycle) of every bank."""
     return wiring.Signature({"addr": Out(_bits(depth)), "data": In(data.ArrayLayout(width, banks))})
 
 
@@ -69,7 +71,7 @@ class Scratchpad(wiring.Component):
             m.d.comb += [wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data),
                          wp.en.eq(self.wr.en & bank_hit)]
             for i in range(self.read_ports):
-                rp = mem.read_port(domain="comb")
+                rp = mem.read_port(domain="sync")
                 port = self.rd(i)
                 m.d.comb += [rp.addr.eq(port.addr), port.data[b].eq(rp.data)]
         return m

@@ -104,7 +104,8 @@ def summarize_cells(cells: dict[str, int]) -> dict[str, float]:
 
 def synthesize(sources: Sequence[Path], top: str, family: str = "xc7", yosys: str | None = None,
                timeout: float | None = 3600, log_path: Path | None = None) -> SynthResult:
-    """Run ``synth_xilinx -family <family> -flatten -noiopad`` on ``sources`` and count cells.
+    """Run ``synth_xilinx -family <family> -flatten -noiopad`` on ``sources`` (with a
+    ``splitnets`` before LUT mapping) and count cells.
 
     ``-noiopad`` because the blocks are synthesized out of context (no pins). Raises
     :class:`SynthUnavailable` if Yosys is missing and ``RuntimeError`` if it fails.
@@ -121,7 +122,13 @@ def synthesize(sources: Sequence[Path], top: str, family: str = "xc7", yosys: st
             names.append(name)
         stat_file = Path(tmp) / "stat.txt"
         reads = "; ".join(f"read_verilog -sv {name}" for name in names)
-        script = (f"{reads}; synth_xilinx -family {family} -top {top} -flatten -noiopad; "
+        # splitnets before LUT mapping: Amaranth's wire names can collide with the names
+        # ABC9 gives back when its netlist is reintegrated (Yosys issue #4349, "Assert
+        # count_id(wire->name) == 0"; the vector unit hits it). Splitting nets changes no
+        # logic; it runs on the gate netlist because splitting the RTL nets of the whole
+        # accelerator made Yosys abort in its next pass.
+        flow = f"synth_xilinx -family {family} -top {top} -flatten -noiopad"
+        script = (f"{reads}; {flow} -run :map_luts; splitnets; {flow} -run map_luts:; "
                   f"tee -q -o stat.txt stat")
         t0 = time.monotonic()
         proc = subprocess.run([*cmd, "-q", "-p", script], capture_output=True, text=True,

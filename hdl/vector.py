@@ -185,14 +185,17 @@ class VectorUnit(wiring.Component):
             ]
             const_rd.append(rp.data)
 
-        lut = memory.Memory(shape=signed(self.out_width), depth=1 << self.lut_in_bits, init=[])
-        m.submodules.lut = lut
-        lut_wp = lut.write_port()
-        m.d.comb += [lut_wp.addr.eq(self.lut_wr.addr), lut_wp.data.eq(self.lut_wr.data),
-                     lut_wp.en.eq(self.lut_wr.en)]
+        # one copy of the table per lane, all written together: a single memory with L read
+        # ports makes Yosys' memory_libmap enumerate port assignments exponentially (12 or
+        # more ports exhaust its memory); FPGAs replicate multi-read-port tables anyway
         lut_offset = (Const(1, self.lut_in_bits + 1) << lut_bits) >> 1
         lut_rd = []
         for lane in range(L):
+            lut = memory.Memory(shape=signed(self.out_width), depth=1 << self.lut_in_bits, init=[])
+            m.submodules[f"lut{lane}"] = lut
+            lut_wp = lut.write_port()
+            m.d.comb += [lut_wp.addr.eq(self.lut_wr.addr), lut_wp.data.eq(self.lut_wr.data),
+                         lut_wp.en.eq(self.lut_wr.en)]
             rp = lut.read_port(domain="comb")
             code = self.i.payload.a[lane][:self.lut_in_bits]
             m.d.comb += rp.addr.eq((code + lut_offset)[:self.lut_in_bits])
