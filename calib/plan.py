@@ -107,10 +107,3 @@ class QuantPlan:
     #: float bias per weight layer (after any bias correction)
     biases: dict[str, np.ndarray] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
-
-    def avg_bits(self, layer_params: dict[str, int]) -> tuple[float, float]:
-        """Parameter-weighted average weight bits and module-averaged activation bits."""
-        tot = sum(layer_params.values())
-        wb = sum(self.weights[n].bits * p for n, p in layer_params.items()) / tot
-        ab = float(np.mean([a for _, a in self.module_bits.values()])) if self.module_bits else 8.0
-        return wb, ab

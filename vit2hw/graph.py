@@ -33,7 +33,7 @@ import json
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -296,8 +296,3 @@ def load_graph(directory: Path | str) -> QuantizedGraph:
         g.mark_output(t)
     g.validate()
     return g
-
-
-def iter_linear(graph: QuantizedGraph) -> Iterable[Node]:
-    """Linear-like (array) nodes in graph order."""
-    return (n for n in graph.nodes.values() if n.op in ("linear", "matmul_qk", "attn_v"))
