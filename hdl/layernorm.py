@@ -27,7 +27,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from vit2hw.intops import LN_NORM_FRAC, LN_RECIP_FRAC
-from hdl.vecops import ceil_log2, const_write_signature, round_shift_expr, saturate_expr
+from hdl.vecops import ceil_log2, const_write_signature, restoring_div_step, round_shift_expr, saturate_expr
 
 __all__ = [
     "LN_OUT_PIPELINE_DEPTH",
@@ -287,14 +287,18 @@ class LayerNormUnit(wiring.Component):
         def begin_row():
             return [g_in.eq(0), s1.eq(0), s2.eq(0)]
 
+        def accept_op():
+            # latch the operation's scalars on start (from IDLE, or back to back from FINISH)
+            return [
+                channels.eq(self.cfg.channels), rows_left.eq(self.cfg.rows),
+                out_bits.eq(self.cfg.out_bits), out_zp.eq(self.cfg.out_zp),
+                beats.eq(self.cfg.channels >> lane_bits), *begin_row(),
+            ]
+
         with m.FSM(name="ln") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [
-                        channels.eq(self.cfg.channels), rows_left.eq(self.cfg.rows),
-                        out_bits.eq(self.cfg.out_bits), out_zp.eq(self.cfg.out_zp),
-                        beats.eq(self.cfg.channels >> lane_bits), *begin_row(),
-                    ]
+                    m.d.sync += accept_op()
                     with m.If(self.cfg.rows != 0):
                         m.next = "LOAD"
             with m.State("LOAD"):
@@ -331,11 +335,7 @@ class LayerNormUnit(wiring.Component):
                 ]
                 m.next = "DIV"
             with m.State("DIV"):
-                twice = Cat(Const(0, 1), drem)
-                with m.If(twice >= rn):
-                    m.d.sync += [drem.eq(twice - rn), quo.eq(Cat(Const(1, 1), quo))]
-                with m.Else():
-                    m.d.sync += [drem.eq(twice), quo.eq(Cat(Const(0, 1), quo))]
+                m.d.sync += restoring_div_step(drem, quo, rn)
                 m.d.sync += step.eq(step + 1)
                 with m.If(step == LN_RECIP_BITS - 1):
                     m.next = "HANDOVER"
@@ -361,11 +361,7 @@ class LayerNormUnit(wiring.Component):
             with m.State("FINISH"):
                 with m.If(pipe_empty):
                     with m.If(self.start):
-                        m.d.sync += [
-                            channels.eq(self.cfg.channels), rows_left.eq(self.cfg.rows),
-                            out_bits.eq(self.cfg.out_bits), out_zp.eq(self.cfg.out_zp),
-                            beats.eq(self.cfg.channels >> lane_bits), *begin_row(),
-                        ]
+                        m.d.sync += accept_op()
                         with m.If(self.cfg.rows != 0):
                             m.next = "LOAD"
                         with m.Else():

@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from vit2hw.intops import (EXP2_C1, EXP2_C2, EXP_FRAC, LOG2_ZERO_CODE, PROB_MAX,
                            PROB_RECIP_SHIFT, SCORE_FRAC)
-from hdl.vecops import ceil_log2, round_shift_expr
+from hdl.vecops import ceil_log2, restoring_div_step, round_shift_expr
 
 __all__ = [
     "SM_MODE_LOG2",
@@ -312,11 +312,7 @@ class SoftmaxUnit(wiring.Component):
             with m.State("RECIP"):
                 # restoring division of PROB_MAX << PROB_RECIP_SHIFT by the row sum; the
                 # dividend bits brought down are all zero
-                twice = Cat(Const(0, 1), drem)
-                with m.If(twice >= code_total):
-                    m.d.sync += [drem.eq(twice - code_total), recip.eq(Cat(Const(1, 1), recip))]
-                with m.Else():
-                    m.d.sync += [drem.eq(twice), recip.eq(Cat(Const(0, 1), recip))]
+                m.d.sync += restoring_div_step(drem, recip, code_total)
                 m.d.sync += dstep.eq(dstep + 1)
                 with m.If(dstep == SM_RECIP_CYCLES - 1):
                     m.next = "CODE"

@@ -16,6 +16,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import Out
 
 __all__ = [
+    "restoring_div_step",
     "const_write_signature",
     "round_shift_expr",
     "saturate_expr",
@@ -42,6 +43,17 @@ def const_write_signature(addr_width: int, data_shape) -> wiring.Signature:
         "addr": Out(addr_width),
         "data": Out(data_shape),
     })
+
+
+def restoring_div_step(rem: Value, quo: Value, divisor: Value) -> list:
+    """One step of restoring division whose dividend bits brought down are all zero.
+
+    Doubles the partial remainder, subtracts ``divisor`` when it fits and shifts the
+    resulting quotient bit into ``quo``; returns the synchronous assignments.
+    """
+    twice = Cat(Const(0, 1), rem)
+    fits = twice >= divisor
+    return [rem.eq(Mux(fits, twice - divisor, twice)), quo.eq(Cat(fits, quo))]
 
 
 def round_shift_expr(x: Value, s: Value) -> Value:
