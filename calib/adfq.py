@@ -409,7 +409,8 @@ def reconstruct_plan(model, spec, plan: QuantPlan, pixels: np.ndarray, cfg: Reco
         log[f"{b}.attn"] = _tune_module("msa", blk, b, plan, wfloat, xq, (yf, sf), cfg, gen)
         with torch.no_grad():
             yq, _ = msa_forward(blk, b, xq.double(), FakeQuantPolicy(plan))
-            midq = plan.acts[f"{b}.norm2.in"].fake(xq.double() + yq)
+            midq = FakeQuantPolicy(plan).residual(f"{b}.norm2.in", xq.double(), yq, f"{b}.norm1.in",
+                                                  f"{b}.attn.proj.out")
             outf = midf + mlp_forward(blk, b, midf, fp)
         log[f"{b}.mlp"] = _tune_module("mlp", blk, b, plan, wfloat, midq.float(), outf - midf, cfg, gen)
         with torch.no_grad():

@@ -4,7 +4,9 @@ The float model, the activation observers and the fake-quant model all run this
 single function, so the three can never differ in structure: only the policy
 decides what happens at each named quantization point. Names follow the state-dict
 (``blocks.3.attn.q``, ``blocks.3.mlp.fc1.out``, ...) and are the keys of a
-:class:`calib.plan.QuantPlan`.
+:class:`calib.plan.QuantPlan`. LayerNorm, GELU and the residual adds own their output
+point (the policy's ``layernorm``/``gelu``/``residual`` quantize it, by default through
+``act``), so a policy can compute them from codes the way the integer graph does.
 
 The patch embedding folds DeiT's input normalization into its weights, so the
 forward consumes raw pixels: ``(p·pixel_scale − mean_c)/std_c`` is affine per input
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FloatPolicy", "vit_forward", "msa_forward", "mlp_forward", "block_forward", "folded_patch_embed", "activation_points", "linear_layers"]
+__all__ = ["FloatPolicy", "float_layernorm", "vit_forward", "msa_forward", "mlp_forward", "block_forward", "folded_patch_embed", "activation_points", "linear_layers"]
 
 
 class FloatPolicy:
@@ -42,10 +44,20 @@ class FloatPolicy:
         return torch.softmax(s, dim=-1)
 
     def layernorm(self, name: str, x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
-        return F.layer_norm(x, ln.normalized_shape, ln.weight.detach().to(x.dtype), ln.bias.detach().to(x.dtype), ln.eps)
+        """LayerNorm ``name`` of ``x``, passed through its output point ``name.out``."""
+        return self.act(f"{name}.out", float_layernorm(x, ln))
 
     def gelu(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x)
+        """GELU ``name`` of ``x``, passed through its output point ``name.out``."""
+        return self.act(f"{name}.out", F.gelu(x))
+
+    def residual(self, name: str, a: torch.Tensor, b: torch.Tensor, a_point: str, b_point: str) -> torch.Tensor:
+        """The residual add ``a + b`` (``a``/``b`` come from points ``a_point``/``b_point``) at point ``name``."""
+        return self.act(name, a + b)
+
+
+def float_layernorm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
+    return F.layer_norm(x, ln.normalized_shape, ln.weight.detach().to(x.dtype), ln.bias.detach().to(x.dtype), ln.eps)
 
 
 def folded_patch_embed(model, spec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +107,7 @@ def _split_qkv_weights(attn):
 def msa_forward(blk, b: str, x: torch.Tensor, policy) -> tuple[torch.Tensor, torch.Tensor]:
     """MSA module of block ``b`` on its (already quantized) residual input: (proj output, scores)."""
     attn, dt = blk.attn, x.dtype
-    h = policy.act(f"{b}.norm1.out", policy.layernorm(f"{b}.norm1", x, blk.norm1))
+    h = policy.layernorm(f"{b}.norm1", x, blk.norm1)
     outs = []
     for tag, (w, bias) in zip("qkv", _split_qkv_weights(attn)):
         name = f"{b}.attn.{tag}"
@@ -118,10 +130,10 @@ def msa_forward(blk, b: str, x: torch.Tensor, policy) -> tuple[torch.Tensor, tor
 def mlp_forward(blk, b: str, x: torch.Tensor, policy) -> torch.Tensor:
     """MLP module of block ``b`` on its (already quantized) residual input: the fc2 output."""
     dt = x.dtype
-    h = policy.act(f"{b}.norm2.out", policy.layernorm(f"{b}.norm2", x, blk.norm2))
+    h = policy.layernorm(f"{b}.norm2", x, blk.norm2)
     y = F.linear(h, policy.weight(f"{b}.mlp.fc1", blk.mlp.fc1.weight.detach().to(dt)),
                  policy.bias(f"{b}.mlp.fc1", blk.mlp.fc1.bias.detach().to(dt)))
-    y = policy.act(f"{b}.mlp.gelu.out", policy.gelu(f"{b}.mlp.gelu", policy.act(f"{b}.mlp.fc1.out", y)))
+    y = policy.gelu(f"{b}.mlp.gelu", policy.act(f"{b}.mlp.fc1.out", y))
     y = F.linear(y, policy.weight(f"{b}.mlp.fc2", blk.mlp.fc2.weight.detach().to(dt)),
                  policy.bias(f"{b}.mlp.fc2", blk.mlp.fc2.bias.detach().to(dt)))
     return policy.act(f"{b}.mlp.fc2.out", y)
@@ -131,9 +143,9 @@ def block_forward(blk, i: int, depth: int, x: torch.Tensor, policy) -> tuple[tor
     """One block as :func:`vit_forward` runs it: (MLP input, block output)."""
     b = f"blocks.{i}"
     y, _ = msa_forward(blk, b, x, policy)
-    mid = policy.act(f"{b}.norm2.in", x + y)
+    mid = policy.residual(f"{b}.norm2.in", x, y, f"{b}.norm1.in", f"{b}.attn.proj.out")
     nxt = f"blocks.{i + 1}.norm1.in" if i + 1 < depth else "norm.in"
-    return mid, policy.act(nxt, mid + mlp_forward(blk, b, mid, policy))
+    return mid, policy.residual(nxt, mid, mlp_forward(blk, b, mid, policy), f"{b}.norm2.in", f"{b}.mlp.fc2.out")
 
 
 
@@ -151,7 +163,7 @@ def vit_forward(model, spec, pixels: torch.Tensor, policy=None, dtype=torch.floa
     for i, blk in enumerate(model.blocks):
         _, x = block_forward(blk, i, depth, x, policy)
     cls_tok = x[:, :1]
-    h = policy.act("norm.out", policy.layernorm("norm", cls_tok, model.norm))
+    h = policy.layernorm("norm", cls_tok, model.norm)
     logits = F.linear(h, policy.weight("head", model.head.weight.detach().to(dtype)),
                       policy.bias("head", model.head.bias.detach().to(dtype)))
     return policy.act("head.out", logits)[:, 0]

@@ -17,7 +17,8 @@ from calib.plan import ActQuant, QuantPlan
 from vit2hw import intops as I
 from vit2hw.graph import GRAPH_VERSION, Node, QuantizedGraph, TensorSpec
 
-__all__ = ["lower_plan", "LoweringError", "score_multiplier"]
+__all__ = ["lower_plan", "LoweringError", "score_multiplier", "spec_of", "linear_acc_terms", "requant_multiplier",
+           "attn_v_terms", "layernorm_consts", "residual_consts", "gelu_table", "LOWERABLE_KINDS"]
 
 _LOG2E = 1.0 / math.log(2.0)
 MULT_BITS = 16
@@ -56,9 +57,9 @@ def _check_int32(x: np.ndarray, what: str) -> np.ndarray:
         raise LoweringError(str(exc)) from None
 
 
-def _linear_consts(plan: QuantPlan, layer: str, xin: TensorSpec, out: TensorSpec,
-                   extra_bias: np.ndarray | None = None, log2_input=None) -> dict[str, np.ndarray]:
-    """Integer weight [K, M], int32 bias, and per-column (m, s) of one Linear layer."""
+def linear_acc_terms(plan: QuantPlan, layer: str, xin: TensorSpec, extra_bias: np.ndarray | None = None,
+                     log2_input: ActQuant | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Accumulator scale [M] and integer bias (float-valued, before the int32 check) of one Linear."""
     wq = plan.weights[layer]
     s_w = wq.scale  # [M]
     b = np.asarray(plan.biases[layer], np.float64)
@@ -68,18 +69,35 @@ def _linear_consts(plan: QuantPlan, layer: str, xin: TensorSpec, out: TensorSpec
     if log2_input is not None:
         # Shift-Log2 input: real x = 2**-k·scale − shift, codes enter as w << (Z−1−k)
         from calib.adfq import log2_linear_terms
-        acc_scale, bias_int = log2_linear_terms(log2_input, w_int, s_w, b)
-    else:
-        s_x = float(xin.scale[0])
-        acc_scale = s_x * s_w
-        bias_int = np.rint(b / acc_scale) - xin.zero_point * w_int.sum(axis=0)
+        return log2_linear_terms(log2_input, w_int, s_w, b)
+    acc_scale = float(xin.scale[0]) * s_w
+    return acc_scale, np.rint(b / acc_scale) - xin.zero_point * w_int.sum(axis=0)
+
+
+def requant_multiplier(acc_scale, out: TensorSpec, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column (m, s) taking an accumulator at ``acc_scale`` to ``out``'s codes."""
     m, s = _mult(acc_scale / out.scale_array)
-    m = np.broadcast_to(m, (w_int.shape[1],)).copy()
-    s = np.broadcast_to(s, (w_int.shape[1],)).copy()
+    return np.broadcast_to(m, (columns,)).copy(), np.broadcast_to(s, (columns,)).copy()
+
+
+def _linear_consts(plan: QuantPlan, layer: str, xin: TensorSpec, out: TensorSpec,
+                   extra_bias: np.ndarray | None = None, log2_input=None) -> dict[str, np.ndarray]:
+    """Integer weight [K, M], int32 bias, and per-column (m, s) of one Linear layer."""
+    w_int = plan.weights[layer].q.T.astype(np.int64)  # [K, M]
+    acc_scale, bias_int = linear_acc_terms(plan, layer, xin, extra_bias, log2_input)
+    m, s = requant_multiplier(acc_scale, out, w_int.shape[1])
     return {"weight": w_int, "bias": _check_int32(bias_int.astype(np.int64), f"{layer} bias"), "m": m, "s": s}
 
 
-def _residual_consts(a: TensorSpec, b: TensorSpec, out: TensorSpec) -> dict[str, np.ndarray]:
+def attn_v_terms(s_v: float, mode: str, out: TensorSpec, channels: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Accumulator scale and per-channel (m, s) of attention × V (``mode``: the probability encoding)."""
+    p_scale = 2.0 ** -I.ATTN_SHIFT if mode == "log2" else 1.0 / I.PROB_MAX
+    acc_scale = float(s_v) * p_scale
+    m, s = _mult(np.broadcast_to(acc_scale / out.scale_array, (channels,)))
+    return acc_scale, m, s
+
+
+def residual_consts(a: TensorSpec, b: TensorSpec, out: TensorSpec) -> dict[str, np.ndarray]:
     c = out.shape[-1]
     so = np.broadcast_to(out.scale_array, (c,))
     ra = np.broadcast_to(a.scale_array, (c,)) / so
@@ -93,7 +111,7 @@ def _residual_consts(a: TensorSpec, b: TensorSpec, out: TensorSpec) -> dict[str,
     return {"ma": ma, "mb": mb, "bias": bias.astype(np.int64), "s": s.astype(np.int64)}
 
 
-def _layernorm_consts(ln, xin: TensorSpec, out: TensorSpec) -> dict[str, np.ndarray]:
+def layernorm_consts(ln, xin: TensorSpec, out: TensorSpec) -> dict[str, np.ndarray]:
     gamma = ln.weight.detach().double().numpy()
     beta = ln.bias.detach().double().numpy()
     s_out = float(out.scale[0])
@@ -111,6 +129,15 @@ def _layernorm_consts(ln, xin: TensorSpec, out: TensorSpec) -> dict[str, np.ndar
         raise LoweringError("LayerNorm beta/scale ratio too large for the int32 bias")
     return {"alpha": np.asarray(xin.alpha, np.int64), "gm": gm.astype(np.int64), "gs": gs.astype(np.int64),
             "bb": bb.astype(np.int64)}
+
+
+def gelu_table(in_spec: TensorSpec, q: ActQuant) -> np.ndarray:
+    """The GELU lookup table from fc1-output codes to ``q``'s codes (uniform or Shift-Log2)."""
+    if q.kind == "log2":
+        from calib.adfq import shift_log2_lut
+        return shift_log2_lut(in_spec, q)
+    return I.build_lut(_gelu, in_spec.bits, float(in_spec.scale[0]), in_spec.zero_point, q.bits,
+                       float(q.scale[0]), int(q.zero_point))
 
 
 def score_multiplier(s_q: float, s_k: float, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +194,7 @@ def lower_plan(plan: QuantPlan, model, spec) -> QuantizedGraph:
         xin = x
         ln1 = spec_of(f"{b}.norm1.out", (n_tok, d), A[f"{b}.norm1.out"])
         h = g.add_node(Node(f"{b}.norm1", "layernorm", [xin], ln1.name, {},
-                            _layernorm_consts(blk.norm1, g.tensors[xin], ln1), f"{b}.attn"), ln1)
+                            layernorm_consts(blk.norm1, g.tensors[xin], ln1), f"{b}.attn"), ln1)
         q, k, v = (linear(f"{b}.attn.{t}", f"{b}.attn.{t}", h, f"{b}.attn.{t}", (n_tok, d), f"{b}.attn") for t in "qkv")
         m, s = score_multiplier(float(g.tensors[q].scale[0]), float(g.tensors[k].scale[0]), hd)
         scores = g.add_node(Node(f"{b}.attn.qk", "matmul_qk", [q, k], f"{b}.attn.scores", {"heads": heads},
@@ -177,46 +204,38 @@ def lower_plan(plan: QuantPlan, model, spec) -> QuantizedGraph:
         mode = plan.attn_modes.get(f"{b}.attn", "log2")
         if mode == "log2":
             pspec = TensorSpec(f"{b}.attn.probs", (heads, n_tok, n_tok), I.LOG2_CODE_BITS, False, (1.0,), 0, "log2")
-            p_scale = 2.0 ** -I.ATTN_SHIFT
         else:
             pspec = TensorSpec(f"{b}.attn.probs", (heads, n_tok, n_tok), 8, True, (1.0 / I.PROB_MAX,))
-            p_scale = 1.0 / I.PROB_MAX
         codes = g.add_node(Node(f"{b}.attn.softmax", "softmax", [scores], pspec.name,
                                 {"frac": I.SCORE_FRAC, "mode": mode}, {}, f"{b}.attn"), pspec)
         ao = spec_of(f"{b}.attn.out", (n_tok, d), A[f"{b}.attn.out"])
-        ratio = float(g.tensors[v].scale[0]) * p_scale / ao.scale_array
-        m, s = _mult(np.broadcast_to(ratio, (d,)))
+        _, m, s = attn_v_terms(float(g.tensors[v].scale[0]), mode, ao, d)
         o = g.add_node(Node(f"{b}.attn.av", "attn_v", [codes, v], ao.name, {"heads": heads},
                             {"m": m, "s": s}, f"{b}.attn"), ao)
         y = linear(f"{b}.attn.proj", f"{b}.attn.proj", o, f"{b}.attn.proj.out", (n_tok, d), f"{b}.attn")
         mid = spec_of(f"{b}.norm2.in", (n_tok, d), A[f"{b}.norm2.in"])
         x = g.add_node(Node(f"{b}.attn.residual", "residual_add", [xin, y], mid.name, {},
-                            _residual_consts(g.tensors[xin], g.tensors[y], mid), f"{b}.attn"), mid)
+                            residual_consts(g.tensors[xin], g.tensors[y], mid), f"{b}.attn"), mid)
         ln2 = spec_of(f"{b}.norm2.out", (n_tok, d), A[f"{b}.norm2.out"])
         h = g.add_node(Node(f"{b}.norm2", "layernorm", [x], ln2.name, {},
-                            _layernorm_consts(blk.norm2, mid, ln2), f"{b}.mlp"), ln2)
+                            layernorm_consts(blk.norm2, mid, ln2), f"{b}.mlp"), ln2)
         hidden = blk.mlp.fc1.weight.shape[0]
         f1 = linear(f"{b}.mlp.fc1", f"{b}.mlp.fc1", h, f"{b}.mlp.fc1.out", (n_tok, hidden), f"{b}.mlp")
         gs_in, gq = g.tensors[f1], A[f"{b}.mlp.gelu.out"]
-        if gq.kind == "log2":
-            from calib.adfq import shift_log2_lut
-            table = shift_log2_lut(gs_in, gq)
-        else:
-            table = I.build_lut(_gelu, gs_in.bits, float(gs_in.scale[0]), gs_in.zero_point, gq.bits,
-                                float(gq.scale[0]), int(gq.zero_point))
+        table = gelu_table(gs_in, gq)
         ge = g.add_node(Node(f"{b}.mlp.gelu", "lut", [f1], f"{b}.mlp.gelu.out", {"fn": "gelu"}, {"table": table},
                              f"{b}.mlp"), spec_of(f"{b}.mlp.gelu.out", (n_tok, hidden), gq))
         y = linear(f"{b}.mlp.fc2", f"{b}.mlp.fc2", ge, f"{b}.mlp.fc2.out", (n_tok, d), f"{b}.mlp")
         nxt = f"blocks.{i + 1}.norm1.in" if i + 1 < depth else "norm.in"
         xo = spec_of(nxt, (n_tok, d), A[nxt])
         x = g.add_node(Node(f"{b}.mlp.residual", "residual_add", [x, y], xo.name, {},
-                            _residual_consts(mid, g.tensors[y], xo), f"{b}.mlp"), xo)
+                            residual_consts(mid, g.tensors[y], xo), f"{b}.mlp"), xo)
     xs = g.tensors[x]
     cls_in = g.add_node(Node("take_cls", "take_rows", [x], "norm.in.cls", {"start": 0, "count": 1}, {}, "head"),
                         TensorSpec("norm.in.cls", (1, d), xs.bits, True, xs.scale, 0, "ptf", xs.alpha))
     no = spec_of("norm.out", (1, d), A["norm.out"])
     h = g.add_node(Node("norm", "layernorm", [cls_in], no.name, {},
-                        _layernorm_consts(model.norm, g.tensors[cls_in], no), "head"), no)
+                        layernorm_consts(model.norm, g.tensors[cls_in], no), "head"), no)
     logits = linear("head", "head", h, "head.out", (1, spec.num_classes), "head")
     g.mark_output(logits)
     g.validate()

@@ -49,10 +49,9 @@ class SequentialPolicy(FakeQuantPolicy):
         super().__init__(plan)
         self.hooks = hooks
 
-    def act(self, name, x):
+    def observe(self, name, x):
         for hook in self.hooks.get(name, ()):
             hook(name, x)
-        return super().act(name, x)
 
     def weight(self, name, w):
         # no cache: a hook may have replaced the layer's quantizer since the last call
