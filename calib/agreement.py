@@ -17,10 +17,11 @@ import sys
 import numpy as np
 import torch
 
-from calib.fakequant import FakeQuantPolicy, IntegerOps, _codes
+from calib.fakequant import FakeQuantPolicy, IntegerOps, _codes, _dequant
 from calib.forward import vit_forward
+from vit2hw import intops as I
 
-__all__ = ["RecordingFakeQuant", "point_mismatches", "point_kind", "ABLATIONS", "main"]
+__all__ = ["RecordingFakeQuant", "point_mismatches", "isolated_mismatches", "point_kind", "ABLATIONS", "main"]
 
 #: IntegerOps variants of the ablation: all float, each integer sub-operation alone, all but one, all
 ABLATIONS: dict[str, IntegerOps] = {
@@ -91,6 +92,76 @@ def point_mismatches(model, spec, plan, graph, images: np.ndarray,
     return {"points": out, "agreement": agreement, "n_images": int(len(images))}
 
 
+@torch.no_grad()
+def isolated_mismatches(model, spec, plan, graph, images: np.ndarray, integer: IntegerOps = IntegerOps.none()) -> dict:
+    """Per graph op kind: fraction of output codes where the fake-quant operation (with
+    ``integer``), fed the integer reference's own input codes, differs from the graph's
+    output — each operation's own disagreement, without the compounding of a full forward.
+    Returns {op: {"mismatch": fraction, "max_code_diff": int, "codes": count}}."""
+    from vit2hw.pipeline import graph_input
+    from vit2hw.reference import run_graph
+
+    env = run_graph(graph, graph_input(images), keep=True)
+    pol = FakeQuantPolicy(plan, integer)
+    acts = plan.acts
+    pos = model.pos_embed.detach().double()[0]
+    heads = model.blocks[0].attn.num_heads
+
+    def deq(t):
+        return torch.from_numpy(_dequant(env[t], acts[t])) if t in acts else None
+
+    stats: dict[str, list] = {}
+    for node in graph.topological():
+        out_q = acts.get(node.output) or acts.get(node.output.replace("norm.in.cls", "norm.in"))
+        if node.op == "linear":
+            if node.name == "patch_embed":
+                x = torch.from_numpy((env[node.inputs[0]] + 128).astype(np.float64))
+                out_point, extra = "blocks.0.norm1.in", pos[1:]
+            else:
+                x, out_point, extra = deq(node.inputs[0]), node.output, 0.0
+            y = torch.nn.functional.linear(x, torch.from_numpy(plan.weights[node.name].dequant()),
+                                           torch.from_numpy(np.asarray(plan.biases[node.name], np.float64))) + extra
+            if node.name == "patch_embed":  # the policy's point also holds the class-token row
+                y = torch.cat([torch.zeros_like(y[:, :1]), y], dim=1)
+                got = _codes(pol.act(out_point, y), acts[out_point])[:, 1:]
+            else:
+                got = _codes(pol.act(out_point, y), acts[out_point])
+            kind = "requant (linear)"
+        elif node.op == "layernorm":
+            ln = model.norm if node.name == "norm" else getattr(model.blocks[int(node.name.split(".")[1])],
+                                                                node.name.split(".")[2])
+            src = "norm.in" if node.name == "norm" else node.inputs[0]
+            x = torch.from_numpy(_dequant(env[node.inputs[0]], acts[src]))
+            got, kind = _codes(pol.layernorm(node.name, x, ln), out_q), "layernorm"
+        elif node.op == "residual_add":
+            a, b = node.inputs
+            got = _codes(pol.residual(node.output, deq(a), deq(b), a, b), out_q)
+            kind = "residual"
+        elif node.op == "attn_v":
+            codes, v = env[node.inputs[0]], deq(node.inputs[1])
+            mode = plan.attn_modes.get(node.name.rsplit(".", 1)[0], "log2")
+            p = (np.where(codes == I.LOG2_ZERO_CODE, 0.0, np.exp2(-codes.astype(np.float64))) if mode == "log2"
+                 else codes / I.PROB_MAX)
+            bsz, n, d = v.shape
+            vh = v.reshape(bsz, n, heads, d // heads).transpose(1, 2)
+            o = (torch.from_numpy(p) @ vh).transpose(1, 2).reshape(bsz, n, d)
+            got, kind = _codes(pol.act(node.output, o), out_q), "requant (attention x V)"
+        elif node.op == "lut":
+            name = node.name
+            if out_q.kind not in ("int", "ptf"):
+                continue
+            got, kind = _codes(pol.gelu(name, deq(node.inputs[0])), out_q), "gelu table"
+        else:
+            continue
+        ref = env[node.output]
+        diff = np.abs(got - ref)
+        s = stats.setdefault(kind, [0, 0, 0])
+        s[0] += int((diff > 0).sum())
+        s[1] = max(s[1], int(diff.max(initial=0)))
+        s[2] += int(diff.size)
+    return {k: {"mismatch": v[0] / max(v[2], 1), "max_code_diff": v[1], "codes": v[2]} for k, v in stats.items()}
+
+
 def point_kind(point: str) -> str:
     """The kind of a point across blocks (``blocks.3.attn.q`` → ``attn.q``; residual outputs named)."""
     parts = point.split(".")
@@ -150,10 +221,16 @@ def main(argv=None) -> int:
                       "by_kind": _summarize(pts), "points": pts}
         print(f"{name:>20}: agreement {rows[name]['agreement']:.4f}  mean code mismatch "
               f"{rows[name]['mean_code_mismatch']:.5f}", file=sys.stderr, flush=True)
+    isolated = {}
+    for name, ops in (("float", IntegerOps.none()), ("integer (default)", IntegerOps())):
+        isolated[name] = isolated_mismatches(model, spec, r.plan, r.graph, data.images[:args.batch], ops)
+        print(f"{'isolated ' + name:>28}: " + ", ".join(f"{k} {v['mismatch']:.5f}" for k, v in isolated[name].items()),
+              file=sys.stderr, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "bits": args.bits, "method": args.method, "n_images": len(data.images),
-                       "calib_images": args.calib_images, "ablations": rows}, f, indent=1)
+                       "calib_images": args.calib_images, "ablations": rows,
+                       "isolated_images": min(args.batch, len(data.images)), "isolated": isolated}, f, indent=1)
     return 0
 
 
