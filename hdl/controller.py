@@ -1,9 +1,11 @@
 """Instruction sequencer and the two compute engines (GEMM, vector) of the accelerator.
 
-:class:`Controller` is the program FSM: fetch one instruction, start the engine it names,
-wait for that engine to finish, go on with the next word (``pc += 32``) until END.
-Instructions run strictly one after another, which makes every instruction's cycle count
-a closed formula (``vit2hw.cyclemodel``); overlapping DMA with compute is future work.
+:class:`Controller` is the program FSM: fetch one instruction, issue it to the engine it
+names once that engine (and every engine its ``wait`` field names) is idle, go on with the
+next word (``pc += 32``) until END.
+The DMA, GEMM and vector engines run concurrently; instructions issue in program order
+and carry their cross-engine dependencies in their ``wait`` field, so the schedule is a
+deterministic function of the program that ``vit2hw.cyclemodel`` replays exactly.
 
 :class:`GemmEngine` tiles ``Y = requant(A @ B)`` over a :class:`~hdl.requant.RequantizedArray`:
 it streams one K step of every row of an A tile and of every column of a B tile per cycle
@@ -21,7 +23,8 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from vit2hw.isa import FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, Geometry, Op
+from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, WAIT_FIELD, WAIT_POS, Engine,
+                        Geometry, Op, engine_of)
 
 from .dma import ADDR_BITS
 from .layernorm import LayerNormUnit
@@ -49,7 +52,12 @@ def view(value, op: Op):
 
 
 class Controller(wiring.Component):
-    """Program sequencer.
+    """Program sequencer: fetches instructions in order and issues each to its engine.
+
+    An instruction issues once its engine is idle and every engine named in its ``wait``
+    field (:data:`vit2hw.isa.WAIT_FIELD`) is idle; the sequencer then fetches the next one
+    while the engines run. Fetching uses the memory port, so it waits for the DMA engine
+    to be idle. FENCE and END wait for all engines.
 
     Members
     -------
@@ -61,7 +69,9 @@ class Controller(wiring.Component):
     cycles : Out(32)
         Cycles from the ``start`` cycle (exclusive) to ``done`` rising (inclusive).
     fetch_go, pc, fetch_busy, instr : fetcher handshake.
-    go, opcode, exec_busy : engine handshake (``go`` pulses once per non-END instruction).
+    go, opcode : issue: ``go`` pulses once per engine instruction, with ``instr`` valid.
+    engine_busy : In(len(Engine))
+        Busy flag of each engine, bit ``e`` for :class:`vit2hw.isa.Engine` ``e``.
     fetching : Out(1)
         The fetcher owns the memory bus.
     """
@@ -71,12 +81,20 @@ class Controller(wiring.Component):
             "start": In(1), "prog_addr": In(ADDR_BITS),
             "running": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
             "fetch_go": Out(1), "pc": Out(ADDR_BITS), "fetch_busy": In(1), "instr": In(INSTR_BITS),
-            "go": Out(1), "opcode": Out(OPCODE_BITS), "exec_busy": In(1), "fetching": Out(1),
+            "go": Out(1), "opcode": Out(OPCODE_BITS), "engine_busy": In(len(Engine)), "fetching": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         op = self.instr[:OPCODE_BITS]
+        wait = self.instr[WAIT_POS:WAIT_POS + WAIT_FIELD.bits]
+        busy = self.engine_busy
+        target = Signal(len(Engine))
+        for o in Op:
+            e = engine_of(o)
+            if e is not None:
+                with m.If(op == o):
+                    m.d.comb += target.eq(1 << int(e))
         m.d.comb += self.opcode.eq(op)
         with m.If(self.running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
@@ -87,27 +105,27 @@ class Controller(wiring.Component):
                                  self.error.eq(0), self.running.eq(1)]
                     m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += [self.fetch_go.eq(1), self.fetching.eq(1)]
-                m.next = "WAIT_FETCH"
+                with m.If(~busy[Engine.DMA]):
+                    m.d.comb += [self.fetch_go.eq(1), self.fetching.eq(1)]
+                    m.next = "WAIT_FETCH"
             with m.State("WAIT_FETCH"):
                 m.d.comb += self.fetching.eq(1)
                 with m.If(~self.fetch_busy):
-                    m.next = "EXEC"
-            with m.State("EXEC"):
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
                 with m.If(op == Op.END):
-                    m.d.sync += [self.done.eq(1), self.running.eq(0)]
-                    m.next = "IDLE"
+                    with m.If(busy == 0):
+                        m.d.sync += [self.done.eq(1), self.running.eq(0)]
+                        m.next = "IDLE"
                 with m.Elif(op == Op.FENCE):
-                    m.d.sync += self.pc.eq(self.pc + INSTR_BYTES)
-                    m.next = "FETCH"
+                    with m.If(busy == 0):
+                        m.d.sync += self.pc.eq(self.pc + INSTR_BYTES)
+                        m.next = "FETCH"
                 with m.Elif(op > max(Op)):
                     m.d.sync += [self.done.eq(1), self.error.eq(1), self.running.eq(0)]
                     m.next = "IDLE"
-                with m.Else():
+                with m.Elif((busy & (target | wait)) == 0):
                     m.d.comb += self.go.eq(1)
-                    m.next = "WAIT_EXEC"
-            with m.State("WAIT_EXEC"):
-                with m.If(~self.exec_busy):
                     m.d.sync += self.pc.eq(self.pc + INSTR_BYTES)
                     m.next = "FETCH"
         return m

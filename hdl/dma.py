@@ -151,7 +151,9 @@ class LoadEngine(wiring.Component):
         eb = Signal(2)
         wpl_now = Signal.like(wpl)
         banks_now = Signal.like(banks_m1)
-        with m.Switch(cfg.target):
+        # decoded only in the go cycle: an always-block whose only input never changes is
+        # not evaluated at time 0 by every simulator (Icarus leaves it X)
+        with m.Switch(Mux(self.go, cfg.target, Target.O)):
             for t in Target:
                 if t == Target.O:
                     continue

@@ -22,7 +22,7 @@ from amaranth.hdl import Module
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Scratchpad", "write_port_signature", "read_port_signature"]
+__all__ = ["Scratchpad", "SplitScratchpad", "write_port_signature", "read_port_signature"]
 
 
 def _bits(n: int) -> int:
@@ -74,4 +74,56 @@ class Scratchpad(wiring.Component):
                 rp = mem.read_port(domain="sync")
                 port = self.rd(i)
                 m.d.comb += [rp.addr.eq(port.addr), port.data[b].eq(rp.data)]
+        return m
+
+
+class SplitScratchpad(wiring.Component):
+    """One bank of ``depth`` lines stored as two halves with a write port each, so two writers
+    can write in the same cycle as long as they write different halves.
+
+    ``wr0`` and ``wr1`` may each address any line; a line ``< depth_lo`` (``= ceil(depth/2)``)
+    is in the low half. Both writing the same half in one cycle is a program error (the V
+    write-port rule of :mod:`vit2hw.hazards` prevents it); ``wr0`` then wins. The read ports
+    behave as :class:`Scratchpad`'s (synchronous, read-first) over the whole depth.
+    """
+
+    def __init__(self, width: int, depth: int, read_ports: int = 1):
+        if width < 1 or depth < 2 or read_ports < 1:
+            raise ValueError("a split scratchpad needs a positive width, two lines and a read port")
+        self.width, self.depth, self.read_ports = width, depth, read_ports
+        self.depth_lo = -(-depth // 2)
+        members = {"wr0": In(write_port_signature(width, depth, 1)), "wr1": In(write_port_signature(width, depth, 1))}
+        for i in range(read_ports):
+            members[f"rd{i}"] = In(read_port_signature(width, depth, 1))
+        super().__init__(members)
+
+    def rd(self, i: int):
+        return getattr(self, f"rd{i}")
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Mux, Signal
+        m = Module()
+        lo = self.depth_lo
+        halves = []
+        for h, depth in enumerate((lo, self.depth - lo)):
+            mem = memory.Memory(shape=self.width, depth=depth, init=[])
+            m.submodules[f"half{h}"] = mem
+            wp = mem.write_port()
+            hit0 = (self.wr0.addr >= lo) if h else (self.wr0.addr < lo)
+            hit1 = (self.wr1.addr >= lo) if h else (self.wr1.addr < lo)
+            use0 = self.wr0.en & hit0
+            m.d.comb += [wp.en.eq(use0 | (self.wr1.en & hit1)),
+                         wp.addr.eq(Mux(use0, self.wr0.addr, self.wr1.addr) - (lo if h else 0)),
+                         wp.data.eq(Mux(use0, self.wr0.data, self.wr1.data))]
+            halves.append(mem)
+        for i in range(self.read_ports):
+            port = self.rd(i)
+            high = Signal(name=f"rd{i}_high")          # which half the previous cycle addressed
+            m.d.sync += high.eq(port.addr >= lo)
+            outs = []
+            for h, mem in enumerate(halves):
+                rp = mem.read_port(domain="sync")
+                m.d.comb += rp.addr.eq(port.addr - (lo if h else 0))
+                outs.append(rp.data)
+            m.d.comb += port.data[0].eq(Mux(high, outs[1], outs[0]))
         return m

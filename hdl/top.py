@@ -20,15 +20,15 @@ Verilog ports: ``clk``, ``rst`` (synchronous, active high), ``start``, ``prog_ad
 
 from __future__ import annotations
 
-from amaranth.hdl import Module
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from vit2hw.isa import Geometry, Op, RECORD_BYTES, Target
+from vit2hw.isa import Engine, Geometry, Op, RECORD_BYTES, Target
 
 from .controller import Controller, GemmEngine, VectorEngine, view
 from .dma import ADDR_BITS, BusMux, Fetcher, LoadEngine, StoreEngine, mem_bus_signature
-from .scratchpad import Scratchpad
+from .scratchpad import Scratchpad, SplitScratchpad
 
 __all__ = ["Accelerator"]
 
@@ -54,7 +54,7 @@ class Accelerator(wiring.Component):
         m.submodules.spad_a = sa = Scratchpad(wbits, g.a_depth, g.rows, 1)
         m.submodules.spad_b = sb = Scratchpad(wbits, g.b_depth, g.cols, 1)
         m.submodules.spad_o = so = Scratchpad(g.cols * 32, g.o_depth, 1, 1)
-        m.submodules.spad_v = sv = Scratchpad(g.lanes * 32, g.v_depth, 1, 3)
+        m.submodules.spad_v = sv = SplitScratchpad(g.lanes * 32, g.v_depth, 3)
         m.submodules.spad_p = sp = Scratchpad(g.cols * rec, g.p_depth, 1, 1)
 
         m.submodules.ctrl = ctrl = Controller()
@@ -65,26 +65,42 @@ class Accelerator(wiring.Component):
         m.submodules.vec = vec = VectorEngine(g)
         m.submodules.busmux = bus = BusMux(cfg.mem_bus_bits, 3)
 
-        instr = fetch.instr
+        # each engine keeps its instruction from its issue cycle on: the sequencer fetches
+        # the next one while it runs
+        fetched = fetch.instr
         op = ctrl.opcode
+        is_dma = (op == Op.LOAD) | (op == Op.STORE)
         is_vec = (op == Op.LAYERNORM) | (op == Op.SOFTMAX) | (op == Op.LUT) | (op == Op.RESIDUAL_ADD)
+        go_dma, go_gemm, go_vec = ctrl.go & is_dma, ctrl.go & (op == Op.GEMM), ctrl.go & is_vec
+        held = {}
+        for name, go in (("dma", go_dma), ("gemm", go_gemm), ("vec", go_vec)):
+            ir = Signal(len(fetched), name=f"ir_{name}")
+            with m.If(go):
+                m.d.sync += ir.eq(fetched)
+            held[name] = Mux(go, fetched, ir)
+        dma_op = held["dma"][:8]
+        engine_busy = [0] * len(Engine)
+        engine_busy[Engine.DMA] = load.busy | store.busy
+        engine_busy[Engine.GEMM] = gemm.busy
+        engine_busy[Engine.VECTOR] = vec.busy
         m.d.comb += [
             ctrl.start.eq(self.start), ctrl.prog_addr.eq(self.prog_addr),
             self.busy.eq(ctrl.running), self.done.eq(ctrl.done), self.error.eq(ctrl.error),
             self.cycles.eq(ctrl.cycles),
             fetch.go.eq(ctrl.fetch_go), fetch.pc.eq(ctrl.pc),
-            ctrl.fetch_busy.eq(fetch.busy), ctrl.instr.eq(instr),
-            load.go.eq(ctrl.go & (op == Op.LOAD)), store.go.eq(ctrl.go & (op == Op.STORE)),
-            gemm.go.eq(ctrl.go & (op == Op.GEMM)), vec.go.eq(ctrl.go & is_vec),
-            gemm.instr.eq(instr), vec.instr.eq(instr),
-            ctrl.exec_busy.eq(load.busy | store.busy | gemm.busy | vec.busy),
+            ctrl.fetch_busy.eq(fetch.busy), ctrl.instr.eq(fetched),
+            load.go.eq(go_dma & (op == Op.LOAD)), store.go.eq(go_dma & (op == Op.STORE)),
+            gemm.go.eq(go_gemm), vec.go.eq(go_vec),
+            gemm.instr.eq(held["gemm"]), vec.instr.eq(held["vec"]),
+            ctrl.engine_busy.eq(Cat(*engine_busy)),
             bus.sel.eq(0),
         ]
-        with m.If(~ctrl.fetching & (op == Op.LOAD)):
+        # the sequencer fetches only while the DMA engine is idle, so the port has one user
+        with m.If(~ctrl.fetching & (dma_op == Op.LOAD)):
             m.d.comb += bus.sel.eq(1)
-        with m.Elif(~ctrl.fetching & (op == Op.STORE)):
+        with m.Elif(~ctrl.fetching & (dma_op == Op.STORE)):
             m.d.comb += bus.sel.eq(2)
-        v_load, v_store = view(instr, Op.LOAD), view(instr, Op.STORE)
+        v_load, v_store = view(held["dma"], Op.LOAD), view(held["dma"], Op.STORE)
         for name, _ in load.cfg.signature.members.items():
             m.d.comb += getattr(load.cfg, name).eq(getattr(v_load, name))
         for name, _ in store.cfg.signature.members.items():
@@ -100,11 +116,11 @@ class Accelerator(wiring.Component):
         for spad, t in ((sa, Target.A), (sb, Target.B), (sp, Target.P)):
             m.d.comb += [spad.wr.en.eq(lw.en & (lw.target == t)), spad.wr.bank.eq(lw.bank),
                          spad.wr.addr.eq(lw.addr), spad.wr.data.eq(lw.data)]
-        with m.If(op == Op.LOAD):
-            m.d.comb += [sv.wr.en.eq(lw.en & (lw.target == Target.V)), sv.wr.addr.eq(lw.addr),
-                         sv.wr.data.eq(lw.data)]
-        with m.Else():
-            m.d.comb += [sv.wr.en.eq(vec.vw.en), sv.wr.addr.eq(vec.vw.addr), sv.wr.data.eq(vec.vw.data)]
+        # V has a write port per half: a LOAD into one half runs beside a vector instruction
+        # writing the other (vit2hw.hazards keeps two writers out of one half)
+        m.d.comb += [sv.wr0.en.eq(lw.en & (lw.target == Target.V)), sv.wr0.addr.eq(lw.addr),
+                     sv.wr0.data.eq(lw.data),
+                     sv.wr1.en.eq(vec.vw.en), sv.wr1.addr.eq(vec.vw.addr), sv.wr1.data.eq(vec.vw.data)]
         d = lw.data
         m.d.comb += [
             vec.ln_const.en.eq(lw.en & (lw.target == Target.LN_CONST)), vec.ln_const.addr.eq(lw.addr),

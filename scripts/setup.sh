@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v iverilog >/dev/null 2>&1 || need_apt+=(iverilog)
 command -v verilator >/dev/null 2>&1 || need_apt+=(verilator)
+# Verilator compiles the generated C++ with the system compiler (vit2hw sim --simulator verilator)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "setup: installing ${need_apt[*]} (apt)"

@@ -34,7 +34,7 @@ def test_build_writes_everything(two_builds):
     assert {"rtl/accelerator.v", "rtl/config.json", "program.bin", "program.json", "program_io.json",
             "graph/graph.json", "graph/consts.npz", "report.json", "report.md", "plots/cycles_by_unit.png",
             "plots/utilization.png", "plots/dram_traffic.png"} <= names
-    assert "sequential" in (out / "report.md").read_text()
+    assert "concurrently" in (out / "report.md").read_text()
 
 
 def test_report_schema(two_builds):
@@ -54,7 +54,7 @@ def test_report_schema(two_builds):
     assert rep["ideal_cycles"] <= rep["total_cycles"]
     assert sum(l["cycles"] for l in rep["per_layer"]) == rep["total_cycles"]
     assert rep["latency_ms"] == pytest.approx(rep["total_cycles"] / (rep["clock_mhz"] * 1e3), rel=1e-5)
-    assert rep["estimates"]["overlapped"]["total_cycles"] <= rep["total_cycles"]
+    assert rep["estimates"]["pipelined"]["total_cycles"] <= rep["total_cycles"]
     assert set(rep["bits"]) == {f"blocks.{i}.{m}" for i in range(3) for m in ("attn", "mlp")}
 
 

@@ -14,7 +14,7 @@ from hdl.config import AcceleratorConfig
 from vit2hw import cyclemodel as cm
 from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, PARAM_RECORD, Assembler, Geometry,
                         Instruction, Op, Program, ProgramError, Segment, Target, decode, encode,
-                        field_offsets, pack_records, pack_rows, unpack_rows)
+                        field_offsets, pack_records, pack_rows, unpack_rows, WAIT_FIELD, WAIT_POS)
 
 SMALL = AcceleratorConfig(name="small", rows=4, cols=4, vector_lanes=4, act_buf_bytes=1024,
                           weight_buf_bytes=1024, out_buf_bytes=1024, mem_bus_bits=32,
@@ -22,21 +22,27 @@ SMALL = AcceleratorConfig(name="small", rows=4, cols=4, vector_lanes=4, act_buf_
 
 
 def test_every_opcode_fits_the_word():
-    """Each opcode's fields fit the 256-bit word after the 8-bit opcode, without overlap."""
+    """Each opcode's fields follow the 8-bit opcode without gaps or overlap and end below the
+    ``wait`` field, which every opcode has at the same position (the sequencer decodes it
+    before knowing the opcode's layout)."""
     for op in Op:
         offs = field_offsets(op)
         pos = OPCODE_BITS
         for name, (off, f) in offs.items():
+            if name == WAIT_FIELD.name:
+                continue
             assert off == pos
             pos += f.bits
-        assert pos <= INSTR_BITS
+        assert pos <= WAIT_POS
+        assert offs[WAIT_FIELD.name] == (WAIT_POS, WAIT_FIELD)
+        assert WAIT_POS + WAIT_FIELD.bits <= INSTR_BITS
 
 
 @st.composite
 def instructions(draw):
     op = draw(st.sampled_from(list(Op)))
     vals = {}
-    for f in FIELDS[op]:
+    for f in FIELDS[op] + (WAIT_FIELD,):
         lo, hi = f.range
         vals[f.name] = draw(st.integers(lo, hi))
     return Instruction.make(op, **vals)
@@ -166,11 +172,12 @@ def test_vector_unit_formulas_equal_hdl():
     assert cm.REQUANT_LATENCY == REQUANT_LATENCY
 
 
-def test_program_cycles_is_the_sum_of_instructions():
-    """program_cycles adds instruction_cycles and a final END; latency adds per memory read burst."""
+def test_program_cycles_never_exceed_the_sequential_sum():
+    """Overlapping engines can only save cycles: program_cycles ≤ Σ instruction_cycles (END
+    included), and a load's latency adds per memory read burst."""
     p = _program()
     g = Geometry.from_config(SMALL)
     total = sum(cm.instruction_cycles(i, g, 2) for i in p.instructions)
-    assert cm.program_cycles(p, SMALL, 2) == total
+    assert 0 < cm.program_cycles(p, SMALL, 2) <= total
     load = p.instructions[0]
     assert cm.instruction_cycles(load, g, 5) - cm.instruction_cycles(load, g, 1) == 2 * 4

@@ -23,6 +23,7 @@ from vit2hw.isa import (PARAM_RECORD, Assembler, Geometry, SoftmaxMode, Target, 
                         unpack_rows, Segment)
 
 needs_iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not installed")
+needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None, reason="Verilator not installed")
 
 SMALL = AcceleratorConfig(name="sim4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
                           weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
@@ -101,6 +102,26 @@ def test_run_program_two_images_bit_exact_and_cycles(tmp_path):
     assert not np.array_equal(results[0].memory, results[1].memory)
 
 
+@needs_iverilog
+@needs_verilator
+def test_verilator_harness_equals_the_cocotb_bench(tmp_path):
+    """The Verilator-compiled RTL with its C++ memory model ends with the same memory, byte for
+    byte, and the same cycle count as the Icarus + cocotb run of the same program and inputs."""
+    from sim.run_program import MemoryRun, run_program
+    from sim.verilator_run import run_program_verilator
+    rng = np.random.default_rng(8)
+    m, k, n = 5, 10, 6
+    program, _, a = _scores_program(SMALL, rng.integers(-128, 128, (k, n)), m)
+    g = Geometry.from_config(SMALL)
+    runs = [MemoryRun("img", (Segment(a["x"], pack_rows(rng.integers(-128, 128, (m, k)), 1,
+                                                         a["k_lines"] * g.bus_bytes), "x"),))]
+    (ica,) = run_program(SMALL, program, runs, tmp_path / "icarus")
+    (ver,) = run_program_verilator(SMALL, program, runs, tmp_path / "verilator", mem_size=len(ica.memory))
+    assert ver.memory == ica.memory
+    assert ver.cycles == ica.cycles == program_cycles(program, SMALL)
+    assert (ver.mem_reads, ver.mem_writes) == (ica.mem_reads, ica.mem_writes)
+
+
 def test_run_program_rejects_overlay_over_code(tmp_path):
     """A run whose segment overwrites the program's instructions is refused before simulating."""
     from sim.run_program import MemoryRun, run_program
@@ -155,6 +176,16 @@ def _accept(tmp_path, argv, n_images):
     assert all(r["cycles"] == doc["model_cycles"] for r in doc["images"])
     assert (out / "sim.md").read_text().count("| yes |") == n_images
     return doc
+
+
+@needs_verilator
+@pytest.mark.parametrize("bits", ["8", "mixed"])
+def test_sim_vit_digits_eight_images_verilator(tmp_path, bits):
+    """`vit2hw sim --model vit_digits --bits 8|mixed --simulator verilator` on 8 real digits test
+    images: every logit bit-exact with the integer reference, RTL cycles equal to the cycle
+    model (the Verilator harness is checked against the cocotb bench above)."""
+    doc = _accept(tmp_path, ["--bits", bits, "--simulator", "verilator"], 8)
+    assert doc["simulator"] == "verilator" and doc["blocks"] == 3
 
 
 @pytest.mark.slow

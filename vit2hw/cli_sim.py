@@ -1,12 +1,15 @@
 """``vit2hw sim``: run a quantized model on the generated accelerator RTL (Icarus + cocotb).
 
 ``vit2hw sim --model M --bits B [--weights W] [--calib-data D] [--data DIR] [--images N]
-[--target T | --array RxC | --config FILE] [--method ...] [--out DIR]``
+[--target T | --array RxC | --config FILE] [--method ...] [--simulator icarus|verilator]
+[--blocks N] [--out DIR]``
 
 1. quantize the model (``vit2hw.pipeline.quantize_model``) and schedule its graph onto the
    accelerator configuration (``vit2hw.scheduler.schedule``);
 2. run the program on the RTL once per real input image (vit_digits: the digits test split;
-   DeiT: ``--data``), all images in one simulation (``sim.run_program``);
+   DeiT: ``--data``), all images in one simulation (``sim.run_program``, Icarus + cocotb), or
+   with ``--simulator verilator`` on the Verilator-compiled RTL (``sim.verilator_run``, same
+   memory model, fast enough for DeiT blocks: ``--blocks N`` keeps the first N blocks);
 3. compare every image's output codes with ``vit2hw.reference.run_graph`` element by element,
    and the RTL's cycle count with ``vit2hw.cyclemodel.program_cycles``.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -90,6 +94,7 @@ def _markdown(doc: dict) -> str:
              "",
              f"- bit-exact: **{'yes' if doc['bit_exact'] else 'NO'}** on {doc['n_images']} images "
              f"({doc['data']})",
+             f"- simulator: {doc['simulator']}; transformer blocks: {doc['blocks']}",
              f"- cycles: RTL {doc['rtl_cycles']}, cycle model {doc['model_cycles']} "
              f"({'equal' if doc['cycles_equal'] else 'DIFFERENT'})",
              f"- array {doc['config']['rows']}x{doc['config']['cols']}, bus {doc['config']['mem_bus_bits']} bit, "
@@ -106,11 +111,24 @@ def _markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _first_blocks(model, spec, n: int):
+    """The model cut to its first ``n`` transformer blocks (patch embedding, final norm and
+    head kept): one real DeiT block through the RTL without simulating all twelve."""
+    import dataclasses
+
+    import torch
+    if not 1 <= n <= spec.depth:
+        raise ValueError(f"--blocks must be between 1 and {spec.depth} for {spec.name} (got {n})")
+    model.blocks = torch.nn.ModuleList(list(model.blocks)[:n])
+    return model, dataclasses.replace(spec, depth=n)
+
+
 def cmd_sim(args) -> int:
     import numpy as np
 
     from sim.run_program import MemoryRun, run_program
     from sim.runner import require_icarus
+    from sim.verilator_run import require_verilator, run_program_verilator
     from vit2hw.cli import _load, _quantize
     from vit2hw.cyclemodel import program_cycles
     from vit2hw.data import load_eval_data
@@ -120,11 +138,18 @@ def cmd_sim(args) -> int:
     from vit2hw.reference import run_graph
     from vit2hw.scheduler import read_output, schedule, write_input
 
-    require_icarus()
+    if args.simulator == "verilator":
+        require_verilator()
+        runner = None          # needs the build directory: set below
+    else:
+        require_icarus()
+        runner = run_program
     if args.images < 1:
         raise ValueError(f"--images must be at least 1 (got {args.images})")
     t_all = time.time()
     model, spec = _load(args)
+    if args.blocks is not None:
+        model, spec = _first_blocks(model, spec, args.blocks)
     cfg = sim_config(spec, args.config, args.target, args.array)
     data = load_eval_data(spec, args.data, args.images)
     result = _quantize(args, model, spec)
@@ -181,9 +206,13 @@ def cmd_sim(args) -> int:
     groups = [runs[j::jobs] for j in range(jobs)]
     with staged_dir(args.out) as out_dir, tempfile.TemporaryDirectory(prefix="vit2hw-sim-") as build:
         t_build = time.time()
+        if runner is None:     # one Verilator build shared by every job
+            from sim.verilator_run import build_verilator
+            exe = build_verilator(cfg, Path(build) / "verilator")
+            runner = functools.partial(run_program_verilator, exe=exe)
         with _stdout_to(out_dir / "sim.log") as console, ThreadPoolExecutor(jobs) as pool:
             # one simulation per group; the threads only wait on their simulator processes
-            futures = [pool.submit(run_program, cfg, sp.program, grp, Path(build) / f"job{j}",
+            futures = [pool.submit(runner, cfg, sp.program, grp, Path(build) / f"job{j}",
                                    mem_size=sp.mem_bytes, max_cycles=2 * model_cycles + 10_000,
                                    on_result=lambda r: check(r, console)) for j, grp in enumerate(groups)]
             results = [r for f in futures for r in f.result()]
@@ -195,6 +224,7 @@ def cmd_sim(args) -> int:
         sim_wall = sim_wall - build_wall
         doc = {
             "format": "vit2hw.sim", "model": spec.name, "bits": args.bits, "method": result.plan.method,
+            "blocks": spec.depth, "simulator": args.simulator,
             "data": data.source, "config": cfg.to_dict(), "n_images": len(results),
             "n_instructions": len(sp.program.instructions),
             "bit_exact": all(r["bit_exact"] for r in per_image),
@@ -242,6 +272,10 @@ def add_sim_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--target", help="configuration preset (default, pynq-z2, zcu102); default: a 4x4 "
                    "array with a 32-bit bus, the fastest to simulate")
     p.add_argument("--array", help="array shape RxC (reshapes the configuration)")
+    p.add_argument("--simulator", choices=("icarus", "verilator"), default="icarus",
+                   help="icarus (cocotb testbench, default) or verilator (compiled C++ harness with the same "
+                        "memory model; orders of magnitude faster, for DeiT-scale runs)")
+    p.add_argument("--blocks", type=int, help="keep only the model's first N transformer blocks")
     p.add_argument("--out", default="sim_out", help="output directory (default sim_out)")
     p.set_defaults(func=cmd_sim)
     return p

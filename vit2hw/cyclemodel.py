@@ -1,12 +1,14 @@
 """Cycle model of the accelerator: exact cycles of every instruction and of a program.
 
-The RTL executes instructions one after another (``hdl/controller.py``), so a program's
-cycle count is the sum of its instructions' counts plus the final END. Each count is the
-instruction fetch plus the engine's busy time, in closed form from the array / vector-unit
-formulas below and the memory's read latency. The cocotb test of the top level
-(``tests/test_hdl_top.py``) requires ``program_cycles`` to equal the RTL's ``cycles``
-counter exactly, with a memory that is always ready and answers reads after exactly
-``mem_latency`` cycles; with back-pressure the prediction is a lower bound.
+The sequencer (``hdl/controller.py``) fetches instructions in order and issues each to
+its engine (DMA, GEMM or vector) once that engine and every engine in the instruction's
+``wait`` field are idle; fetching needs the memory port, so it waits for the DMA engine.
+:func:`timeline` replays exactly that: per instruction the fetch, issue and finish cycle,
+from the engines' busy times (closed forms from the array / vector-unit formulas below and
+the memory's read latency). The cocotb test of the top level (``tests/test_hdl_top.py``)
+requires ``program_cycles`` to equal the RTL's ``cycles`` counter exactly, with a memory
+that is always ready and answers reads after exactly ``mem_latency`` cycles; with
+back-pressure the prediction is a lower bound.
 
 Unit formulas
 -------------
@@ -21,11 +23,14 @@ and ``hdl/vector.py`` for many shapes, so the two cannot drift apart unnoticed.
 from __future__ import annotations
 
 from vit2hw.intops import EXP_FRAC, PROB_MAX, PROB_RECIP_SHIFT
-from vit2hw.isa import INSTR_BYTES, Geometry, GemmMode, Instruction, Op, Program, SoftmaxMode
+from dataclasses import dataclass
+
+from vit2hw.isa import INSTR_BYTES, Engine, Geometry, GemmMode, Instruction, Op, Program, SoftmaxMode, engine_of
 
 __all__ = [
     "REQUANT_LATENCY", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",
-    "vector_cycles", "fetch_cycles", "instruction_cycles", "program_cycles", "DEFAULT_MEM_LATENCY",
+    "vector_cycles", "fetch_cycles", "engine_cycles", "instruction_cycles", "program_cycles", "Timeline",
+    "timeline", "DEFAULT_MEM_LATENCY",
 ]
 
 DEFAULT_MEM_LATENCY = 1
@@ -89,7 +94,7 @@ def fetch_cycles(g: Geometry, mem_latency: int = DEFAULT_MEM_LATENCY) -> int:
     return INSTR_BYTES // g.bus_bytes + mem_latency + 3
 
 
-def _engine_cycles(instr: Instruction, g: Geometry, lat: int) -> int:
+def engine_cycles(instr: Instruction, g: Geometry, lat: int = DEFAULT_MEM_LATENCY) -> int:
     """Cycles the instruction's engine is busy (from the cycle after it starts)."""
     op = instr.op
     if op == Op.LOAD:
@@ -111,23 +116,82 @@ def _engine_cycles(instr: Instruction, g: Geometry, lat: int) -> int:
     return 0
 
 
+def _geometry(config) -> Geometry:
+    return config if isinstance(config, Geometry) else Geometry.from_config(config)
+
+
 def instruction_cycles(instr: Instruction, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> int:
-    """Cycles of one instruction, fetch included, on ``config`` (an ``AcceleratorConfig`` or a
-    :class:`~vit2hw.isa.Geometry`) with a memory answering reads after ``mem_latency`` cycles."""
-    g = config if isinstance(config, Geometry) else Geometry.from_config(config)
-    if instr.op == Op.END:
+    """Cycles of one instruction run alone (fetch, issue, engine busy) on ``config`` (an
+    ``AcceleratorConfig`` or a :class:`~vit2hw.isa.Geometry`) with a memory answering reads
+    after ``mem_latency`` cycles; in a program, engines overlap (:func:`timeline`)."""
+    g = _geometry(config)
+    if instr.op in (Op.END, Op.FENCE):
         return fetch_cycles(g, mem_latency)
-    if instr.op == Op.FENCE:
-        return fetch_cycles(g, mem_latency)
-    return fetch_cycles(g, mem_latency) + 1 + _engine_cycles(instr, g, mem_latency)
+    return fetch_cycles(g, mem_latency) + 1 + engine_cycles(instr, g, mem_latency)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """When each instruction ran (cycle numbers as the RTL counts them, ``start`` = cycle 0).
+
+    ``issue[i]`` is the cycle the sequencer started instruction ``i``'s engine (for END and
+    FENCE: the cycle it found every engine idle); the engine is busy from ``issue + 1``
+    and free again at ``finish[i]`` (``issue + 1 + engine_cycles``). ``total`` is END's
+    issue cycle, the RTL's ``cycles`` count. ``instructions`` includes the final END.
+    """
+    instructions: tuple[Instruction, ...]
+    fetch: tuple[int, ...]
+    issue: tuple[int, ...]
+    finish: tuple[int, ...]
+    busy: tuple[int, ...]
+    total: int
+
+    def makespan_shares(self) -> list[int]:
+        """How far each instruction pushed the program's end: ``max(0, finish − all earlier
+        finishes)`` (END: the rest); the shares add up to ``total``."""
+        out, frontier = [], 0
+        for ins, f in zip(self.instructions, self.finish):
+            f = self.total if ins.op == Op.END else f
+            out.append(max(0, f - frontier))
+            frontier = max(frontier, f)
+        return out
+
+
+def timeline(program: Program, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> Timeline:
+    """Replay the sequencer on ``program`` (up to and including its first END; one is
+    appended if missing), as ``hdl/controller.py`` runs it."""
+    g = _geometry(config)
+    fc = fetch_cycles(g, mem_latency)
+    instrs = []
+    for ins in program.instructions:
+        instrs.append(ins)
+        if ins.op == Op.END:
+            break
+    else:
+        instrs.append(Instruction.make(Op.END))
+    free = {e: 0 for e in Engine}        # first cycle at which the engine's busy is low
+    t = 1                                # the sequencer enters FETCH the cycle after start
+    fetch, issue, finish, busy = [], [], [], []
+    for ins in instrs:
+        f = max(t, free[Engine.DMA])
+        ready = f + fc - 1
+        eng = engine_of(ins.op)
+        if eng is None:                  # END / FENCE wait for every engine
+            x = max(ready, *free.values())
+            b = 0
+        else:
+            waits = [e for e in Engine if (ins.get("wait") >> int(e)) & 1]
+            x = max(ready, free[eng], *(free[e] for e in waits))
+            b = engine_cycles(ins, g, mem_latency)
+            free[eng] = x + 1 + b
+        fetch.append(f)
+        issue.append(x)
+        finish.append(x + 1 + b if eng is not None else x)
+        busy.append(b)
+        t = x + 1
+    return Timeline(tuple(instrs), tuple(fetch), tuple(issue), tuple(finish), tuple(busy), issue[-1])
 
 
 def program_cycles(program: Program, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> int:
     """Cycles the accelerator's ``cycles`` counter reports for ``program`` (through its END)."""
-    g = config if isinstance(config, Geometry) else Geometry.from_config(config)
-    total = 0
-    for instr in program.instructions:
-        total += instruction_cycles(instr, g, mem_latency)
-        if instr.op == Op.END:
-            return total
-    return total + instruction_cycles(Instruction.make(Op.END), g, mem_latency)
+    return timeline(program, config, mem_latency).total

@@ -10,6 +10,11 @@ Instruction word
 Every instruction is one little-endian 256-bit word (:data:`INSTR_BYTES` = 32 bytes):
 bits ``[0, 8)`` hold the opcode, the opcode's fields follow in :data:`FIELDS` order,
 LSB first; unused high bits are zero. Signed fields are two's complement.
+Every opcode also has the ``wait`` field at the fixed bits ``[248, 251)`` (:data:`WAIT_POS`):
+bit ``e`` set means "do not issue until engine ``e`` (:class:`Engine`) is idle". The three
+engines (DMA, GEMM, vector) run concurrently; instructions issue in program order, each
+to its engine once that engine is free, so the program itself states its cross-engine
+dependencies (:mod:`vit2hw.hazards` computes them; :meth:`Assembler.end` applies it).
 
 Scratchpads (:class:`Geometry` gives their shapes for an ``AcceleratorConfig``)
 --------------------------------------------------------------------------------
@@ -36,13 +41,15 @@ import numpy as np
 
 __all__ = [
     "ISA_VERSION", "INSTR_BITS", "INSTR_BYTES", "RECORD_BYTES",
-    "Op", "Target", "GemmMode", "SoftmaxMode", "FIELDS", "Field",
+    "Op", "Target", "GemmMode", "SoftmaxMode", "Engine", "engine_of", "FIELDS", "Field", "WAIT_FIELD",
+    "WAIT_POS", "field_offsets",
     "Instruction", "encode", "decode", "Segment", "Program", "ProgramError",
     "Geometry", "PARAM_RECORD", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
     "pack_records", "pack_rows", "unpack_rows", "Assembler",
 ]
 
-ISA_VERSION = 1
+#: 2: the ``wait`` field and concurrent engines (version-1 programs had no dependencies)
+ISA_VERSION = 2
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 OPCODE_BITS = 8
@@ -92,6 +99,25 @@ class SoftmaxMode(enum.IntEnum):
     UNIFORM = 1   # probabilities 0..PROB_MAX (intops.uniform_softmax), for MUL8 P·V
 
 
+class Engine(enum.IntEnum):
+    """The concurrent engines; an instruction's ``wait`` bit ``e`` names engine ``e``."""
+    DMA = 0       # LOAD and STORE (the one memory port)
+    GEMM = 1
+    VECTOR = 2    # LAYERNORM, SOFTMAX, LUT, RESIDUAL_ADD
+
+
+def engine_of(op: Op | int) -> Engine | None:
+    """The engine that executes ``op`` (None for END and FENCE, which the sequencer handles)."""
+    op = Op(op)
+    if op in (Op.LOAD, Op.STORE):
+        return Engine.DMA
+    if op == Op.GEMM:
+        return Engine.GEMM
+    if op in (Op.LAYERNORM, Op.SOFTMAX, Op.LUT, Op.RESIDUAL_ADD):
+        return Engine.VECTOR
+    return None
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -131,14 +157,21 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
 }.items()}
 
 
+#: the dependency mask every opcode carries at a fixed position (see the module docstring)
+WAIT_FIELD = Field("wait", len(Engine))
+WAIT_POS = INSTR_BITS - 8
+
+
 def field_offsets(op: Op) -> dict[str, tuple[int, Field]]:
-    """``name -> (bit offset, Field)`` of ``op``'s fields inside the instruction word."""
+    """``name -> (bit offset, Field)`` of ``op``'s fields inside the instruction word
+    (``wait`` last, at :data:`WAIT_POS`)."""
     out, pos = {}, OPCODE_BITS
     for f in FIELDS[op]:
         out[f.name] = (pos, f)
         pos += f.bits
-    if pos > INSTR_BITS:
+    if pos > WAIT_POS:
         raise AssertionError(f"{op.name} fields need {pos} bits")
+    out[WAIT_FIELD.name] = (WAIT_POS, WAIT_FIELD)
     return out
 
 
@@ -151,7 +184,7 @@ class Instruction:
     @classmethod
     def make(cls, op: Op | str, **fields: int) -> "Instruction":
         op = Op[op.upper()] if isinstance(op, str) else Op(op)
-        known = {f.name: f for f in FIELDS[op]}
+        known = {f.name: f for f in FIELDS[op] + (WAIT_FIELD,)}
         unknown = set(fields) - set(known)
         if unknown:
             raise ProgramError(f"{op.name}: unknown fields {sorted(unknown)}; has {sorted(known)}")
@@ -172,6 +205,10 @@ class Instruction:
 
     def get(self, name: str, default: int = 0) -> int:
         return dict(self.args).get(name, default)
+
+    def with_wait(self, mask: int) -> "Instruction":
+        """The same instruction with its ``wait`` field set to ``mask``."""
+        return Instruction.make(self.op, **{**dict(self.args), WAIT_FIELD.name: mask})
 
     def to_json(self) -> dict[str, Any]:
         return {"op": self.op.name, **dict(self.args)}
@@ -213,15 +250,15 @@ def decode(word: int | bytes) -> Instruction:
     except ValueError:
         raise ProgramError(f"unknown opcode {opcode}") from None
     vals = {}
-    end = OPCODE_BITS
+    used = (1 << OPCODE_BITS) - 1
     for name, (pos, f) in field_offsets(op).items():
         v = (word >> pos) & ((1 << f.bits) - 1)
         if f.signed and v >> (f.bits - 1):
             v -= 1 << f.bits
         vals[name] = v
-        end = pos + f.bits
-    if word >> end:
-        raise ProgramError(f"{op.name}: non-zero bits above its fields")
+        used |= ((1 << f.bits) - 1) << pos
+    if word & ~used:
+        raise ProgramError(f"{op.name}: non-zero bits outside its fields")
     return Instruction.make(op, **vals)
 
 
@@ -565,5 +602,8 @@ class Assembler:
         return self.emit(Op.FENCE)
 
     def end(self) -> Program:
+        """Append END and set every instruction's ``wait`` field (:func:`vit2hw.hazards.assign_waits`)."""
+        from vit2hw.hazards import assign_waits     # hazards builds on this module
         self.emit(Op.END)
+        self.program.instructions = assign_waits(self.program.instructions, self.g)
         return self.program

@@ -1,7 +1,8 @@
 """Report plots (PNG, matplotlib Agg), byte-reproducible: no timestamps or version metadata.
 
-``write_plots(report, out_dir)`` writes ``cycles_by_unit.png`` (sequential cycles per
-node, stacked by unit), ``utilization.png`` (per GEMM node: ideal / sequential cycles)
+``write_plots(report, out_dir)`` writes ``cycles_by_unit.png`` (per node: each unit's busy
+cycles side by side, the engines overlap, and the node's share of the total as a line),
+``utilization.png`` (per GEMM node: ideal / array busy cycles)
 and ``dram_traffic.png`` (bytes read and written per node).
 """
 
@@ -35,19 +36,20 @@ def _save(plt, fig, path: Path) -> Path:
 def write_plots(report: dict, out_dir: Path | str) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    layers = [l for l in report["per_layer"] if l["cycles"]]
+    layers = [l for l in report["per_layer"] if l["cycles"] or any(l["by_unit"].values())]
     names = [l["node"] for l in layers]
     x = list(range(len(layers)))
     title = f"{report['model']} on {report['config']['name']}"
     paths = []
 
     plt, fig, ax = _figure(len(x))
-    bottom = [0] * len(x)
-    for unit, color in _COLORS.items():
-        vals = [l["by_unit"][unit] for l in layers]
-        ax.bar(x, vals, bottom=bottom, color=color, label=unit, width=0.8)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_title(f"{title}: sequential cycles per node by unit")
+    units = [u for u in _COLORS if any(l["by_unit"].get(u, 0) for l in layers)]
+    width = 0.8 / max(1, len(units))
+    for k, unit in enumerate(units):
+        ax.bar([i - 0.4 + (k + 0.5) * width for i in x], [l["by_unit"][unit] for l in layers], width=width,
+               color=_COLORS[unit], label=f"{unit} busy")
+    ax.step(x, [l["cycles"] for l in layers], where="mid", color="k", linewidth=1, label="share of total")
+    ax.set_title(f"{title}: busy cycles per node by unit (units overlap)")
     ax.set_ylabel("cycles")
     ax.set_xticks(x, names, rotation=90, fontsize=5)
     ax.legend(fontsize=7)
@@ -55,11 +57,11 @@ def write_plots(report: dict, out_dir: Path | str) -> list[Path]:
 
     gem = [l for l in layers if l["macs"]]
     plt, fig, ax = _figure(len(gem))
-    ax.bar(range(len(gem)), [l["ideal_cycles"] / l["cycles"] for l in gem], color=_COLORS["array"])
+    ax.bar(range(len(gem)), [l["ideal_cycles"] / max(1, l["by_unit"]["array"]) for l in gem], color=_COLORS["array"])
     ax.axhline(report["utilization"], color="k", linestyle="--", linewidth=1,
                label=f"whole network {report['utilization']:.3f}")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"{title}: GEMM utilization (ideal / sequential cycles)")
+    ax.set_title(f"{title}: GEMM array efficiency (ideal / array busy cycles)")
     ax.set_xticks(range(len(gem)), [l["node"] for l in gem], rotation=90, fontsize=5)
     ax.legend(fontsize=7)
     paths.append(_save(plt, fig, out / "utilization.png"))

@@ -32,6 +32,7 @@ Instructions run strictly in order; the cycle model and reports say so.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ import numpy as np
 
 from vit2hw import intops as I
 from vit2hw.graph import Node, QuantizedGraph, TensorSpec
+from vit2hw.hazards import v_half_lines
 from vit2hw.isa import (FIELDS, LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Assembler,
                         Geometry, GemmMode, Op, Program, Segment, Target, pack_records, pack_rows, unpack_rows)
 from vit2hw.memplan import MemoryPlan, Region, element_bytes
@@ -173,10 +175,12 @@ def read_output(mem_bytes, placement: Placement) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Matrix:
-    """A GEMM operand in external memory: ``rows`` rows of ``kbytes`` bytes, ``stride`` apart."""
+    """A GEMM operand in external memory: ``rows`` rows of ``kbytes`` bytes, ``stride`` apart
+    (``const``: weights, which no STORE of the program writes)."""
     addr: int
     rows: int
     stride: int
+    const: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,17 +191,38 @@ class _Params:
 
 
 class _Residency:
-    """Which LOADs' data a scratchpad still holds, so identical reloads can be skipped."""
+    """Which LOADs' data a scratchpad still holds (and where), so identical reloads are skipped."""
 
     def __init__(self):
         self.held: dict[int, list[tuple[tuple, int, int]]] = {}
 
-    def lookup(self, target: Target, key: tuple) -> bool:
-        return any(k == key for k, _, _ in self.held.get(int(target), []))
+    def lookup(self, target: Target, key: tuple) -> int | None:
+        """The first line of ``key``'s data if the scratchpad still holds it."""
+        for k, lo, _ in self.held.get(int(target), []):
+            if k == key:
+                return lo
+        return None
 
     def record(self, target: Target, key: tuple, lo: int, hi: int) -> None:
         kept = [(k, a, b) for k, a, b in self.held.get(int(target), []) if b <= lo or a >= hi]
         self.held[int(target)] = kept + [(key, lo, hi)]
+
+
+class _Halves:
+    """Double buffering: each of A, B, P and O is used as two halves, taken in turn, so the
+    DMA engine fills one half (and drains O's other half) while a GEMM works on the other.
+    The ``wait`` fields (:mod:`vit2hw.hazards`) keep any reuse correct; the alternation is
+    what lets the engines overlap."""
+
+    def __init__(self, g: Geometry):
+        self.depth = {Target.A: g.a_depth, Target.B: g.b_depth, Target.P: g.p_depth, Target.O: g.o_depth}
+        self.turn = {t: 0 for t in self.depth}
+
+    def base(self, target: Target) -> int:
+        return self.turn[target] * (self.depth[target] // 2)
+
+    def flip(self, target: Target) -> None:
+        self.turn[target] ^= 1
 
 
 # ------------------------------------------------------------------ the scheduler
@@ -211,6 +236,10 @@ class _Scheduler:
         self.plan = MemoryPlan(self.g.bus_bytes)
         self.lat = mem_latency
         self.res = _Residency()
+        self.halves = _Halves(self.g)
+        self.pending: list[tuple[str, dict]] = []     # GEMM STOREs not yet emitted: (node, args)
+        self.owner: dict[int, str] = {}               # instruction index -> node, for those STOREs
+        self.node = ""
         self.regions: dict[str, Region] = {}
         self.transposed: dict[str, Region] = {}
         self.layers: list[str] = []
@@ -233,17 +262,32 @@ class _Scheduler:
         return addr
 
     def load(self, target: Target, ext_addr: int, rows: int, row_lines: int, spad: int,
-             ext_stride: int, ebytes: int = 1) -> None:
-        key = (ext_addr, ext_stride, rows, row_lines, spad, ebytes)
+             ext_stride: int, ebytes: int = 1) -> int:
+        """LOAD unless the scratchpad already holds that data; returns where it is."""
+        key = (ext_addr, ext_stride, rows, row_lines, ebytes)
         if target == Target.V:
             self.asm.load(target, ext_addr, rows, row_lines, spad, ext_stride=ext_stride, ebytes=ebytes)
-            return
-        if self.res.lookup(target, key):
-            return
+            return spad
+        held = self.res.lookup(target, key)
+        if held is not None:
+            return held
         self.asm.load(target, ext_addr, rows, row_lines, spad, ext_stride=ext_stride, ebytes=ebytes)
         banks = {Target.A: self.g.rows, Target.B: self.g.cols}.get(target)
         hi = spad + (_ceil(rows, banks) * row_lines if banks else rows * row_lines)
         self.res.record(target, key, spad, hi)
+        return spad
+
+    def load_half(self, target: Target, ext_addr: int, rows: int, row_lines: int, ext_stride: int,
+                  double: bool) -> int:
+        """LOAD into the next half of ``target`` (line 0 when not double buffering) unless
+        the data is still held somewhere; returns its first line."""
+        held = self.res.lookup(target, (ext_addr, ext_stride, rows, row_lines, 1))
+        if held is not None:
+            return held
+        spad = self.halves.base(target) if double else 0
+        if double:
+            self.halves.flip(target)
+        return self.load(target, ext_addr, rows, row_lines, spad, ext_stride)
 
     def load_const(self, target: Target, addr: int, count: int) -> None:
         self.load(target, addr, count, 1, 0, RECORD_BYTES)
@@ -315,46 +359,93 @@ class _Scheduler:
         if (out.addr + out_col0 * eb) % wb:
             raise TileError(f"{what}: output column {out_col0} is not bus-word aligned")
         lines = _ceil(k_beats, wb)
-        blk = choose_blocking(g, m, n, k_beats, params.kind, what, self.lat)
+        half = dataclasses.replace(g, a_depth=g.a_depth // 2, b_depth=g.b_depth // 2, o_depth=g.o_depth // 2,
+                                   p_depth=g.p_depth // 2)
+        try:
+            blk, double = choose_blocking(half, m, n, k_beats, params.kind, what, self.lat), True
+        except TileError:
+            blk, double = choose_blocking(g, m, n, k_beats, params.kind, what, self.lat), False
         mt, nt = _ceil(m, R), _ceil(n, C)
         lineb = C * RECORD_BYTES
         row_blocks = [(i * blk.tm * R, min(blk.tm * R, m - i * blk.tm * R)) for i in range(_ceil(mt, blk.tm))]
         col_blocks = [(j * blk.tn * C, min(blk.tn * C, n - j * blk.tn * C)) for j in range(_ceil(nt, blk.tn))]
         pairs = ([(rb, cb) for rb in row_blocks for cb in col_blocks] if blk.order == "rows"
                  else [(rb, cb) for cb in col_blocks for rb in row_blocks])
+        # a block's STOREs are emitted after the next block's GEMM: in program order they then
+        # follow that GEMM's issue, and drain one O half while the array fills the other
+        if not double:
+            self.flush_stores()
         for (r0, rows), (c0, cols) in pairs:
             tmb, tnb = _ceil(rows, R), _ceil(cols, C)
-            self.load(Target.A, a.addr + r0 * a.stride, rows, lines, 0, a.stride)
-            self.load(Target.B, b.addr + c0 * b.stride, cols, lines, 0, b.stride)
+            # constants first: they may go ahead of the STOREs still pending from the previous
+            # block or GEMM (whose array work they then overlap); an activation load goes after
+            # the pending STOREs that write what it reads
             if params.kind == "col":
-                self.load(Target.P, params.addr + (c0 // C) * lineb, tnb, 1, 0, lineb)
+                p_sp = self.load_half(Target.P, params.addr + (c0 // C) * lineb, tnb, 1, lineb, double)
             elif params.kind == "elem":
-                self.load(Target.P, params.addr + r0 * params.line_stride + (c0 // C) * lineb,
-                          tmb * R, tnb, 0, params.line_stride)
+                p_sp = self.load_half(Target.P, params.addr + r0 * params.line_stride + (c0 // C) * lineb,
+                                      tmb * R, tnb, params.line_stride, double)
             else:
-                self.load(Target.P, params.addr + r0 * lineb, tmb * R, 1, 0, lineb)
+                p_sp = self.load_half(Target.P, params.addr + r0 * lineb, tmb * R, 1, lineb, double)
+            loads = {}
+            for key, mat, row0, nrows, target in (("b", b, c0, cols, Target.B), ("a", a, r0, rows, Target.A)):
+                if mat.const:
+                    loads[key] = self.load_half(target, mat.addr + row0 * mat.stride, nrows, lines, mat.stride, double)
+            for key, mat, row0, nrows in (("a", a, r0, rows), ("b", b, c0, cols)):
+                if key not in loads:
+                    self.flush_stores_into(mat.addr + row0 * mat.stride, nrows, mat.stride, lines * wb)
+            for key, mat, row0, nrows, target in (("a", a, r0, rows, Target.A), ("b", b, c0, cols, Target.B)):
+                if key not in loads:
+                    loads[key] = self.load_half(target, mat.addr + row0 * mat.stride, nrows, lines, mat.stride, double)
+            a_sp, b_sp = loads["a"], loads["b"]
+            o_sp = self.halves.base(Target.O) if double else 0
+            if double:
+                self.halves.flip(Target.O)
             ext = out.addr + r0 * out.stride + (out_col0 + c0) * eb
             common = dict(out_bits=out_bits, mode=mode, a_unsigned=a_unsigned, a_row_lines=lines,
                           b_row_lines=lines)
+            stores = []
             if params.kind == "row":
                 for jl in range(tnb):
                     tcols = min(C, cols - jl * C)
-                    self.asm.gemm(rows, tcols, k_beats, a_addr=0, b_addr=jl * lines, o_addr=jl * tmb * R,
-                                  p_addr=0, bias_per_row=True, **common)
-                for jl in range(tnb):
-                    tcols = min(C, cols - jl * C)
-                    self.asm.store(Target.O, ext + jl * C * eb, rows, 1, jl * tmb * R, row_elems=tcols,
-                                   ext_stride=out.stride, ebytes=eb)
+                    self.asm.gemm(rows, tcols, k_beats, a_addr=a_sp, b_addr=b_sp + jl * lines,
+                                  o_addr=o_sp + jl * tmb * R, p_addr=p_sp, bias_per_row=True, **common)
+                    stores.append(dict(target=Target.O, ext_addr=ext + jl * C * eb, rows=rows, row_lines=1,
+                                       spad_addr=o_sp + jl * tmb * R, row_elems=tcols, ext_stride=out.stride,
+                                       ebytes=eb))
             else:
-                self.asm.gemm(rows, cols, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0,
+                self.asm.gemm(rows, cols, k_beats, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp,
                               bias_per_row=params.kind == "elem", **common)
-                self.asm.store(Target.O, ext, rows, tnb, 0, row_elems=cols, ext_stride=out.stride, ebytes=eb)
+                stores.append(dict(target=Target.O, ext_addr=ext, rows=rows, row_lines=tnb, spad_addr=o_sp,
+                                   row_elems=cols, ext_stride=out.stride, ebytes=eb))
+            self.flush_stores()
+            self.pending = [(self.node, st) for st in stores]
+            if not double:                  # one O buffer: drain it before the next GEMM
+                self.flush_stores()
+
+    def flush_stores_into(self, addr: int, rows: int, stride: int, row_bytes: int) -> None:
+        """Emit the pending STOREs first if one writes external bytes this load reads."""
+        lo, hi = addr, addr + (rows - 1) * stride + row_bytes
+        for _, st in self.pending:
+            wpl = self.g.words_per_line(st["target"], st["ebytes"])
+            s_lo = st["ext_addr"]
+            s_hi = s_lo + (st["rows"] - 1) * st["ext_stride"] + st["row_lines"] * wpl * self.g.bus_bytes
+            if s_lo < hi and lo < s_hi:
+                self.flush_stores()
+                return
+
+    def flush_stores(self) -> None:
+        """Emit the GEMM STOREs still pending (attributed to the node that computed them)."""
+        for node, st in self.pending:
+            self.owner[len(self.asm.program.instructions)] = node
+            self.asm.store(**st)
+        self.pending = []
 
     def weight_rows(self, w_t: np.ndarray, name: str) -> _Matrix:
         """Weight rows (one per output channel, K bytes each) as a constant segment."""
         stride = self.plan.stride_for(w_t.shape[1], 1)
         addr = self.const(pack_rows(w_t, 1, stride), name, "weights")
-        return _Matrix(addr, w_t.shape[0], stride)
+        return _Matrix(addr, w_t.shape[0], stride, const=True)
 
     def act(self, t: str, region: Region | None = None) -> _Matrix:
         r = region or self.regions[t]
@@ -460,12 +551,36 @@ class _Scheduler:
             self.gemm(f"{node.name}[head {hd}]", a, b, n, p, out, ys.bits, mode, out_col0=hd * d)
 
     # ---------------------------------------------------------- vector ops
-    def chunks(self, node: Node, rows: int, lines_per_row: int, regions: int) -> list[tuple[int, int]]:
-        per = self.g.v_depth // (regions * lines_per_row)
+    def chunks(self, node: Node, rows: int, lines_per_row: int, regions: int) -> tuple[list[tuple[int, int]], int]:
+        """Row chunks of a vector op and the V lines between chunk bases: chunks alternate
+        between V's two halves (one write port each) when a chunk of ``regions`` regions fits
+        a half, so the next chunk's LOAD overlaps this chunk's operation."""
+        half = v_half_lines(self.g)
+        per = half // (regions * lines_per_row)
+        step = half
+        if per < 1:
+            per, step = self.g.v_depth // (regions * lines_per_row), 0
         if per < 1:
             raise TileError(f"buffers too small for a tile: {node.name} ({node.op}) needs {regions} x "
                             f"{lines_per_row} V lines for one row; V has {self.g.v_depth}")
-        return [(r0, min(per, rows - r0)) for r0 in range(0, rows, per)]
+        return [(r0, min(per, rows - r0)) for r0 in range(0, rows, per)], step
+
+    def vector_loop(self, node: Node, rows: int, lpr: int, regions: int, body) -> None:
+        """Emit ``body(r0, n, base)`` (LOADs and the operation of one chunk at V line ``base``;
+        returns its STORE's arguments) per chunk; a chunk's STORE follows the next chunk's
+        operation, so it drains one half while the unit works on the other."""
+        chunks, step = self.chunks(node, rows, lpr, regions)
+        pending = None
+        for c, (r0, n) in enumerate(chunks):
+            store = body(r0, n, (c % 2) * step)
+            if pending is not None:
+                self.vec_store(*pending)
+            pending = store
+            if not step:
+                self.vec_store(*pending)
+                pending = None
+        if pending is not None:
+            self.vec_store(*pending)
 
     def vec_load(self, r: Region, r0: int, rows: int, lpr: int, spad: int) -> None:
         self.load(Target.V, r.row(r0), rows, lpr, spad, r.stride, r.ebytes)
@@ -497,14 +612,15 @@ class _Scheduler:
         self.load_const(Target.LN_CONST, addr, ch)
         lpr = ch // self.g.lanes
         xr, yr = self.regions[x], self.regions[y]
-        for r0, n in self.chunks(node, rows, lpr, 2):
-            self.vec_load(xr, r0, n, lpr, 0)
-            self.asm.layernorm(0, n * lpr, n, ch, ys.bits, ys.zero_point)
-            self.vec_store(yr, r0, n, lpr, n * lpr)
+        def body(r0, n, v):
+            self.vec_load(xr, r0, n, lpr, v)
+            self.asm.layernorm(v, v + n * lpr, n, ch, ys.bits, ys.zero_point)
+            return yr, r0, n, lpr, v + n * lpr
+        self.vector_loop(node, rows, lpr, 2, body)
 
     def do_softmax(self, node: Node) -> None:
         x, y = node.inputs[0], node.output
-        xs, ys = self.spec(x), self.spec(y)
+        xs = self.spec(x)
         rows, length = self.rows_cols(xs)
         if node.attrs.get("frac", I.SCORE_FRAC) != I.SCORE_FRAC or xs.bits > 16:
             self.unsupported(node, f"the softmax unit takes 16-bit scores at {I.SCORE_FRAC} fractional bits")
@@ -518,10 +634,11 @@ class _Scheduler:
         lpr = _ceil(length, self.g.lanes)
         xr, yr = self.regions[x], self.regions[y]
         extra = {SOFTMAX_MODE_FIELD: int(uniform)} if self._softmax_has_mode else {}
-        for r0, n in self.chunks(node, rows, lpr, 2):
-            self.vec_load(xr, r0, n, lpr, 0)
-            self.asm.emit(Op.SOFTMAX, src=0, dst=n * lpr, rows=n, length=length, **extra)
-            self.vec_store(yr, r0, n, lpr, n * lpr)
+        def body(r0, n, v):
+            self.vec_load(xr, r0, n, lpr, v)
+            self.asm.emit(Op.SOFTMAX, src=v, dst=v + n * lpr, rows=n, length=length, **extra)
+            return yr, r0, n, lpr, v + n * lpr
+        self.vector_loop(node, rows, lpr, 2, body)
 
     def do_lut(self, node: Node) -> None:
         x, y = node.inputs[0], node.output
@@ -534,10 +651,11 @@ class _Scheduler:
         self.load_const(Target.LUT_TABLE, addr, len(table))
         lpr = _ceil(ch, self.g.lanes)
         xr, yr = self.regions[x], self.regions[y]
-        for r0, n in self.chunks(node, rows, lpr, 2):
-            self.vec_load(xr, r0, n, lpr, 0)
-            self.asm.lut(0, n * lpr, n * lpr, lut_bits=xs.bits)
-            self.vec_store(yr, r0, n, lpr, n * lpr)
+        def body(r0, n, v):
+            self.vec_load(xr, r0, n, lpr, v)
+            self.asm.lut(v, v + n * lpr, n * lpr, lut_bits=xs.bits)
+            return yr, r0, n, lpr, v + n * lpr
+        self.vector_loop(node, rows, lpr, 2, body)
 
     def do_residual_add(self, node: Node) -> None:
         a, b = node.inputs
@@ -553,11 +671,12 @@ class _Scheduler:
         self.load_const(Target.RES_CONST, addr, ch)
         lpr = ch // self.g.lanes
         ar, br, yr = self.regions[a], self.regions[b], self.regions[y]
-        for r0, n in self.chunks(node, rows, lpr, 3):
-            self.vec_load(ar, r0, n, lpr, 0)
-            self.vec_load(br, r0, n, lpr, n * lpr)
-            self.asm.residual_add(0, n * lpr, 2 * n * lpr, n * lpr, ch, ys.bits, ys.zero_point)
-            self.vec_store(yr, r0, n, lpr, 2 * n * lpr)
+        def body(r0, n, v):
+            self.vec_load(ar, r0, n, lpr, v)
+            self.vec_load(br, r0, n, lpr, v + n * lpr)
+            self.asm.residual_add(v, v + n * lpr, v + 2 * n * lpr, n * lpr, ch, ys.bits, ys.zero_point)
+            return yr, r0, n, lpr, v + 2 * n * lpr
+        self.vector_loop(node, rows, lpr, 3, body)
 
     def do_prepend_row(self, node: Node) -> None:
         x, y = node.inputs[0], node.output
@@ -579,8 +698,15 @@ class _Scheduler:
                     "take_rows": lambda n: None, "patchify": lambda n: None}
         for node in order:
             before = len(self.asm.program.instructions)
+            self.node = node.name
+            if node.op not in ("linear", "matmul_qk", "attn_v"):
+                self.flush_stores()
             handlers[node.op](node)
             self.layers += [node.name] * (len(self.asm.program.instructions) - before)
+        self.flush_stores()
+        self.layers += [order[-1].name] * (len(self.asm.program.instructions) - len(self.layers))
+        for i, name in self.owner.items():
+            self.layers[i] = name
         self.asm.end()
         self.layers.append(order[-1].name)     # END: attributed to the last node (see docs)
         return self.finish(order)

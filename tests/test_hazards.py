@@ -1,0 +1,91 @@
+"""Dependency waits between the concurrent engines (vit2hw.hazards) and the sequencer replay
+(vit2hw.cyclemodel.timeline) they drive."""
+
+from __future__ import annotations
+
+from hdl.config import AcceleratorConfig
+from vit2hw import cyclemodel as cm
+from vit2hw.hazards import accesses, conflicts
+from vit2hw.isa import Assembler, Engine, Geometry, Instruction, Op, Target
+
+SMALL = AcceleratorConfig(name="small4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
+                          weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
+                          max_tokens=32, max_channels=32)
+G = Geometry.from_config(SMALL)
+DMA, GEMM, VEC = (1 << int(e) for e in (Engine.DMA, Engine.GEMM, Engine.VECTOR))
+
+
+def _waits(build) -> list[int]:
+    asm = Assembler(G)
+    build(asm)
+    return [i["wait"] for i in asm.end().instructions]
+
+
+def test_gemm_waits_for_its_operand_load_and_store_for_the_gemm():
+    """RAW: a GEMM reading freshly loaded A waits for the DMA engine; the STORE of its O lines
+    waits for the GEMM engine; END waits for nothing (it waits for every engine anyway)."""
+    def prog(asm):
+        asm.load(Target.A, 0x100, 4, 2, 0)
+        asm.gemm(4, 4, 8, a_addr=0, b_addr=0, o_addr=0, p_addr=0)
+        asm.store(Target.O, 0x400, 4, 1, 0, row_elems=4)
+    assert _waits(prog) == [0, DMA, GEMM, 0]
+
+
+def test_disjoint_halves_do_not_wait():
+    """A LOAD into lines the running GEMM does not read, and a STORE of O lines it does not
+    write, carry no wait: that is what lets DMA overlap compute."""
+    def prog(asm):
+        asm.load(Target.A, 0x100, 4, 2, 0)
+        asm.gemm(4, 4, 8, a_addr=0, b_addr=0, o_addr=0, p_addr=0)
+        asm.load(Target.A, 0x200, 4, 2, 8)                       # other A lines
+        asm.gemm(4, 4, 8, a_addr=8, b_addr=0, o_addr=4, p_addr=0)
+        asm.store(Target.O, 0x400, 4, 1, 0, row_elems=4)        # the first GEMM's O lines
+    assert _waits(prog) == [0, DMA, 0, DMA, 0, 0]
+
+
+def test_war_on_a_scratchpad_and_the_v_write_ports():
+    """WAR: reloading A lines a GEMM still reads waits for it. V has one write port per half
+    (lines below ceil(v_depth/2) and the rest): a LOAD into V waits for a running vector
+    instruction that writes the same half, even on other lines, but not for one writing the
+    other half."""
+    half = -(-G.v_depth // 2)
+
+    def prog(asm):
+        asm.gemm(4, 4, 8, a_addr=0, b_addr=0, o_addr=0, p_addr=0)
+        asm.load(Target.A, 0x100, 4, 2, 0)
+        asm.layernorm(0, 8, 2, 16, 8)                 # writes lines 8..15: low half
+        asm.load(Target.V, 0x300, 2, 4, half)         # high half: runs beside it
+        asm.load(Target.V, 0x300, 2, 4, 16)           # low half, other lines: waits
+    assert _waits(prog) == [0, GEMM, 0, 0, VEC, 0]
+
+
+def test_conflicts_is_symmetric_and_ignores_reads_of_shared_data():
+    """Two readers of the same lines never conflict; a reader and a writer always do."""
+    g1 = Instruction.make(Op.GEMM, m_tiles=1, n_tiles=1, k_beats=8, a_row_lines=2, b_row_lines=2)
+    st = Instruction.make(Op.STORE, target=int(Target.O), rows=4, row_lines=1)
+    sto = Instruction.make(Op.STORE, target=int(Target.O), rows=4, row_lines=1, spad_addr=4)
+    assert conflicts(g1, st, G) and conflicts(st, g1, G)
+    assert not conflicts(g1, sto, G) and not conflicts(sto, g1, G)
+    assert not conflicts(st, Instruction.make(Op.STORE, target=int(Target.O), rows=4, row_lines=1), G)
+    reads, writes = accesses(g1, G)
+    assert {s.space for s in reads} == {"A", "B", "P"} and {s.space for s in writes} == {"O"}
+
+
+def test_timeline_overlaps_independent_engines_and_serializes_dependent_ones():
+    """An independent LOAD issued after a GEMM runs during it (the total is less than the two
+    alone); with the GEMM depending on the LOAD it cannot start before the LOAD finishes."""
+    a = Assembler(G)
+    a.gemm(8, 8, 60, a_addr=0, b_addr=0, o_addr=0, p_addr=0)
+    a.load(Target.B, 0x100, 4, 8, 32)
+    indep = a.end()
+    tl = cm.timeline(indep, G)
+    assert tl.issue[1] < tl.finish[0]                    # the LOAD starts while the GEMM runs
+    alone = sum(cm.instruction_cycles(i, G) for i in indep.instructions)
+    assert tl.total < alone
+
+    b = Assembler(G)
+    b.load(Target.A, 0x100, 8, 8, 0)
+    b.gemm(8, 8, 60, a_addr=0, b_addr=0, o_addr=0, p_addr=0)
+    dep = cm.timeline(b.end(), G)
+    assert dep.issue[1] >= dep.finish[0]
+    assert sum(dep.makespan_shares()) == dep.total

@@ -1,0 +1,127 @@
+"""Which on-chip storage each instruction touches, and the ``wait`` masks that follow.
+
+The accelerator's three engines (DMA, GEMM, vector; :class:`vit2hw.isa.Engine`) run
+concurrently while the sequencer issues instructions in program order, each once its own
+engine is free. An instruction must therefore also wait for another engine when that
+engine's *latest* instruction (the only one of it that can still be running: an engine
+runs one instruction at a time, and every earlier one of it finished before the latest
+started) touches the same storage with at least one of the two writing, or when both write
+the same half of the V scratchpad (one write port per half). :func:`assign_waits` sets exactly those bits;
+:func:`conflicts` is the test both it and the timing checks in the tests use.
+
+Storage is described as half-open line ranges per space (:class:`Span`): the scratchpads
+A, B, O, V, P (lines; A and B over all banks), the three constant memories (entries), and
+the pseudo-space ``VWRITE`` for V's two write ports (V is stored as two halves, lines
+below ``ceil(v_depth/2)`` and the rest, each with one write port: ``VWRITE`` 0 / 1). External memory needs no tracking: only
+the DMA engine reads or writes it, and it runs one instruction at a time in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, engine_of
+
+__all__ = ["Span", "accesses", "conflicts", "assign_waits", "v_half_lines"]
+
+
+@dataclass(frozen=True)
+class Span:
+    space: str
+    lo: int
+    hi: int
+
+    def overlaps(self, other: "Span") -> bool:
+        return self.space == other.space and self.lo < other.hi and other.lo < self.hi
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def v_half_lines(g: Geometry) -> int:
+    """Lines in V's low half (``hdl.scratchpad.SplitScratchpad.depth_lo``)."""
+    return _ceil(g.v_depth, 2)
+
+
+def _v_port(lo: int, n: int, g: Geometry) -> Span:
+    """The V write ports used by writing lines ``[lo, lo + n)``: half 0, half 1 or both."""
+    half = v_half_lines(g)
+    first = 0 if lo < half else 1
+    last = 0 if lo + max(n, 1) - 1 < half else 1
+    return Span("VWRITE", first, last + 1)
+
+
+def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
+    """``(reads, writes)`` of ``ins`` on the accelerator's storage (conservative ranges)."""
+    op = ins.op
+    if op == Op.LOAD:
+        t = Target(ins["target"])
+        rows, rl, spad = ins["rows"], ins["row_lines"], ins["spad_addr"]
+        if t in (Target.A, Target.B):
+            n = _ceil(rows, g.rows if t == Target.A else g.cols) * rl
+        else:
+            n = rows * rl
+        w = [Span(t.name, spad, spad + n)]
+        if t == Target.V:
+            w.append(_v_port(spad, n, g))
+        return [], w
+    if op == Op.STORE:
+        t = Target(ins["target"])
+        return [Span(t.name, ins["spad_addr"], ins["spad_addr"] + ins["rows"] * ins["row_lines"])], []
+    if op == Op.GEMM:
+        mt, nt = ins["m_tiles"], ins["n_tiles"]
+        if mt == 0 or nt == 0 or ins["k_beats"] == 0:
+            return [], []
+        out_lines = mt * g.rows * nt
+        p_lines = out_lines if ins["bias_per_row"] else nt
+        reads = [Span("A", ins["a_addr"], ins["a_addr"] + mt * ins["a_row_lines"]),
+                 Span("B", ins["b_addr"], ins["b_addr"] + nt * ins["b_row_lines"]),
+                 Span("P", ins["p_addr"], ins["p_addr"] + p_lines)]
+        return reads, [Span("O", ins["o_addr"], ins["o_addr"] + out_lines)]
+    if op == Op.LAYERNORM:
+        n = ins["rows"] * (ins["channels"] // g.lanes)
+        return ([Span("V", ins["src"], ins["src"] + n), Span("LN_CONST", 0, ins["channels"])],
+                [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)])
+    if op == Op.SOFTMAX:
+        n = ins["rows"] * _ceil(ins["length"], g.lanes)
+        return [Span("V", ins["src"], ins["src"] + n)], [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)]
+    if op == Op.LUT:
+        n = ins["lines"]
+        return ([Span("V", ins["src"], ins["src"] + n), Span("LUT_TABLE", 0, 1 << ins["lut_bits"])],
+                [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)])
+    if op == Op.RESIDUAL_ADD:
+        n = ins["lines"]
+        return ([Span("V", ins["src_a"], ins["src_a"] + n), Span("V", ins["src_b"], ins["src_b"] + n),
+                 Span("RES_CONST", 0, ins["channels"])],
+                [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)])
+    return [], []
+
+
+def _any_overlap(xs: Iterable[Span], ys: Iterable[Span]) -> bool:
+    ys = list(ys)
+    return any(x.overlaps(y) for x in xs for y in ys)
+
+
+def conflicts(a: Instruction, b: Instruction, g: Geometry) -> bool:
+    """True when ``a`` and ``b`` must not run at the same time (RAW, WAR, WAW or the V write port)."""
+    ra, wa = accesses(a, g)
+    rb, wb = accesses(b, g)
+    return _any_overlap(wa, rb) or _any_overlap(ra, wb) or _any_overlap(wa, wb)
+
+
+def assign_waits(instructions: Sequence[Instruction], g: Geometry) -> list[Instruction]:
+    """``instructions`` with every ``wait`` field set to the engines each must wait for."""
+    last: dict[Engine, Instruction] = {}
+    out = []
+    for ins in instructions:
+        eng = engine_of(ins.op)
+        mask = 0
+        if eng is not None:
+            for other, prev in last.items():
+                if other != eng and conflicts(ins, prev, g):
+                    mask |= 1 << int(other)
+            last[eng] = ins
+        out.append(ins.with_wait(mask) if ins.get("wait") != mask else ins)
+    return out
