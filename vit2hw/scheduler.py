@@ -40,7 +40,8 @@ import numpy as np
 
 from vit2hw import intops as I
 from vit2hw.graph import Node, QuantizedGraph, TensorSpec
-from vit2hw.hazards import v_half_lines
+from vit2hw.hazards import assign_waits, v_half_lines
+from vit2hw.reorder import reorder
 from vit2hw.isa import (FIELDS, LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Assembler,
                         Geometry, GemmMode, Op, Program, Segment, Target, pack_records, pack_rows, unpack_rows)
 from vit2hw.memplan import MemoryPlan, Region, element_bytes
@@ -228,7 +229,8 @@ class _Halves:
 # ------------------------------------------------------------------ the scheduler
 
 class _Scheduler:
-    def __init__(self, graph: QuantizedGraph, config, mem_latency: int = 1):
+    def __init__(self, graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True):
+        self.interleave = interleave
         self.graph = graph
         self.config = config
         self.g = Geometry.from_config(config)
@@ -707,8 +709,12 @@ class _Scheduler:
         self.layers += [order[-1].name] * (len(self.asm.program.instructions) - len(self.layers))
         for i, name in self.owner.items():
             self.layers[i] = name
-        self.asm.end()
+        self.asm.emit(Op.END)
         self.layers.append(order[-1].name)     # END: attributed to the last node (see docs)
+        instrs = self.asm.program.instructions
+        perm = reorder(instrs, self.g, self.lat) if self.interleave else list(range(len(instrs)))
+        self.asm.program.instructions = assign_waits([instrs[i] for i in perm], self.g)
+        self.layers = [self.layers[i] for i in perm]
         return self.finish(order)
 
     def finish(self, order: list[Node]) -> ScheduledProgram:
@@ -745,12 +751,13 @@ class _Scheduler:
                                 {n.name: n.op for n in order}, {n.name: n.module for n in order}, list(self.plan.blocks))
 
 
-def schedule(graph: QuantizedGraph, config, mem_latency: int = 1) -> ScheduledProgram:
+def schedule(graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True) -> ScheduledProgram:
     """Lower ``graph`` onto ``config`` (an ``AcceleratorConfig``): instructions, memory plan,
-    input/output placements and per-instruction node attribution.
+    input/output placements and per-instruction node attribution. ``interleave``: reorder
+    the instructions across nodes (:func:`vit2hw.reorder.reorder`); off, they stay node by node.
 
     Raises :class:`~vit2hw.tiling.TileError` ("buffers too small for a tile: ...") when a
     scratchpad cannot hold the smallest tile of some op, ``NotImplementedError`` for ops the
     hardware cannot run (e.g. uniform softmax on an ISA without the mode field)."""
     graph.validate()
-    return _Scheduler(graph, config, mem_latency).run()
+    return _Scheduler(graph, config, mem_latency, interleave).run()

@@ -1,0 +1,129 @@
+"""List scheduling of a program's instructions across graph nodes.
+
+The scheduler emits a node's instructions after the previous node's, so a vector operation
+never runs beside the next node's GEMMs even when nothing connects them (the softmax of one
+head beside the Q·Kᵀ of the next, a LayerNorm beside unrelated weight loads). :func:`reorder`
+moves instructions earlier where that is safe and the replayed timeline
+(:mod:`vit2hw.cyclemodel`) says it issues sooner:
+
+* **safe**: two instructions keep their order when they depend on each other — they touch
+  the same scratchpad lines or constant entries with at least one writing, or both write one
+  half of V (:func:`vit2hw.hazards.conflicts`), or they are a LOAD and a STORE (or two STOREs)
+  of overlapping external memory. Any order that keeps every such pair computes exactly what
+  the original does, so the ISA interpreter and the RTL give the same bits (the tests check);
+* **greedy**: among the instructions whose predecessors are all placed, within a window of
+  the oldest ``window`` not yet placed, take the one the sequencer would issue first (same
+  issue rules as :func:`vit2hw.cyclemodel.timeline`; ties keep program order).
+
+END and FENCE stay where they are (barriers). The result is deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from vit2hw.cyclemodel import engine_cycles, fetch_cycles
+from vit2hw.hazards import Span, accesses
+from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, engine_of
+
+__all__ = ["reorder", "dram_span", "depends"]
+
+
+def dram_span(ins: Instruction, g: Geometry) -> Span | None:
+    """External bytes a LOAD reads or a STORE writes (bounding interval), else None."""
+    if ins.op not in (Op.LOAD, Op.STORE) or ins["rows"] == 0:
+        return None
+    wpl = g.words_per_line(Target(ins["target"]), 1 << ins["ebytes_log2"])
+    lo = ins["ext_addr"]
+    hi = lo + (ins["rows"] - 1) * ins["ext_stride"] + ins["row_lines"] * wpl * g.bus_bytes
+    return Span("DRAM", lo, hi)
+
+
+class _Info:
+    __slots__ = ("reads", "writes", "dram", "store", "engine", "busy")
+
+    def __init__(self, ins: Instruction, g: Geometry, lat: int):
+        self.reads, self.writes = accesses(ins, g)
+        self.dram = dram_span(ins, g)
+        self.store = ins.op == Op.STORE
+        self.engine = engine_of(ins.op)
+        self.busy = engine_cycles(ins, g, lat) if self.engine is not None else 0
+
+
+def _overlap(xs, ys) -> bool:
+    return any(x.overlaps(y) for x in xs for y in ys)
+
+
+def _conflict(a: _Info, b: _Info) -> bool:
+    return _overlap(a.writes, b.reads) or _overlap(a.reads, b.writes) or _overlap(a.writes, b.writes)
+
+
+def _depends(a: _Info, b: _Info) -> bool:
+    if _conflict(a, b):
+        return True
+    return (a.dram is not None and b.dram is not None and (a.store or b.store) and a.dram.overlaps(b.dram))
+
+
+def depends(a: Instruction, b: Instruction, g: Geometry) -> bool:
+    """True when ``a`` and ``b`` must keep their relative order (see the module docstring)."""
+    return _depends(_Info(a, g, 1), _Info(b, g, 1))
+
+
+def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int = 1,
+            window: int = 64) -> list[int]:
+    """A dependency-preserving order of ``instructions`` (as indices into it)."""
+    n = len(instructions)
+    info = [_Info(ins, g, mem_latency) for ins in instructions]
+    barrier = [ins.op in (Op.END, Op.FENCE) for ins in instructions]
+    fc = fetch_cycles(g, mem_latency)
+    order: list[int] = []
+    free = {e: 0 for e in Engine}
+    last: dict[Engine, int] = {}
+    t = 1
+    pool: list[int] = []          # the oldest unplaced instructions, in program order
+    indeg: dict[int, int] = {}
+    succ: dict[int, list[int]] = {}
+    nxt = 0
+
+    def admit(j: int) -> None:
+        succ[j] = []
+        d = 0
+        for i in pool:
+            if barrier[i] or barrier[j] or _depends(info[i], info[j]):
+                succ[i].append(j)
+                d += 1
+        indeg[j] = d
+        pool.append(j)
+
+    def issue_time(j: int) -> int:
+        f = max(t, free[Engine.DMA])
+        x = f + fc - 1
+        e = info[j].engine
+        if e is None:
+            return max(x, *free.values())
+        x = max(x, free[e])
+        for other, i in last.items():
+            if other != e and _conflict(info[j], info[i]):
+                x = max(x, free[other])
+        return x
+
+    while len(order) < n:
+        while nxt < n and len(pool) < window:
+            admit(nxt)
+            nxt += 1
+            if barrier[nxt - 1]:
+                break               # nothing after a barrier may pass it: admit it alone last
+        ready = [j for j in pool if indeg[j] == 0]
+        best = min(ready, key=lambda j: (issue_time(j), j))
+        x = issue_time(best)
+        e = info[best].engine
+        if e is not None:
+            free[e] = x + 1 + info[best].busy
+            last[e] = best
+        t = x + 1
+        order.append(best)
+        pool.remove(best)
+        for s in succ.pop(best):
+            indeg[s] -= 1
+        del indeg[best]
+    return order
