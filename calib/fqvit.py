@@ -142,10 +142,11 @@ def logit_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((num / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)).mean())
 
 
-def choose_attention(model, spec, plan: QuantPlan, pixels: np.ndarray, attn: str) -> dict:
+def choose_attention(model, spec, plan: QuantPlan, pixels: np.ndarray, attn: str,
+                     min_gain: float = ATTN_AUTO_COSINE_GAIN) -> dict:
     """Set ``plan.attn_modes``: the requested encoding, or for ``auto`` the cheaper 4-bit
     log2 codes unless 8-bit uniform probabilities bring the calibration logits closer to
-    the float model's by more than :data:`ATTN_AUTO_COSINE_GAIN` (logit cosine)."""
+    the float model's by more than ``min_gain`` (logit cosine)."""
     from calib.fakequant import fakequant_logits
     from vit2hw.pipeline import fp_logits
 
@@ -160,7 +161,7 @@ def choose_attention(model, spec, plan: QuantPlan, pixels: np.ndarray, attn: str
     for mode in ("log2", "uniform"):
         plan.attn_modes = {f"blocks.{i}.attn": mode for i in range(depth)}
         cos[mode] = logit_cosine(fakequant_logits(model, spec, plan, pixels), fp)
-    chosen = "uniform" if cos["uniform"] - cos["log2"] > ATTN_AUTO_COSINE_GAIN else "log2"
+    chosen = "uniform" if cos["uniform"] - cos["log2"] > min_gain else "log2"
     plan.attn_modes = {f"blocks.{i}.attn": chosen for i in range(depth)}
     return {"attn": chosen, "attn_cosine_log2": cos["log2"], "attn_cosine_uniform": cos["uniform"]}
 
@@ -168,7 +169,7 @@ def choose_attention(model, spec, plan: QuantPlan, pixels: np.ndarray, attn: str
 @torch.no_grad()
 def calibrate_fqvit(model, spec, pixels: np.ndarray, cfg: BitConfig, act_observer: str = "minmax",
                     batch: int = 8, progress: bool = True, method: str = "fqvit",
-                    attn: str = "auto") -> QuantPlan:
+                    attn: str = "auto", attn_gain: float = ATTN_AUTO_COSINE_GAIN) -> QuantPlan:
     """FQ-ViT baseline plan from float activations on the calibration ``pixels``."""
     if act_observer not in ("minmax", "percentile"):
         raise ValueError(f"unknown activation observer {act_observer!r} (minmax | percentile)")
@@ -207,5 +208,5 @@ def calibrate_fqvit(model, spec, pixels: np.ndarray, cfg: BitConfig, act_observe
         plan.biases[name] = b.copy()
     plan.notes["act_observer"] = act_observer
     plan.notes["calib_images"] = int(len(pixels))
-    plan.notes.update(choose_attention(model, spec, plan, pixels, attn))
+    plan.notes.update(choose_attention(model, spec, plan, pixels, attn, attn_gain))
     return plan

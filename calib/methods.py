@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from calib.fqvit import BitConfig, calibrate_fqvit
+from calib.fqvit import ATTN_AUTO_COSINE_GAIN, BitConfig, calibrate_fqvit
 from calib.plan import SUPPORTED_BITS, BitsError, QuantPlan
 
 __all__ = ["Method", "METHODS", "get_method", "run_method", "parse_bits", "UnknownMethodError",
@@ -51,16 +51,21 @@ def _fqvit(model, spec, pixels, bits: str, act_observer="minmax", progress=True,
 
 
 def _mixed(model, spec, pixels, bits: str, act_observer="minmax", progress=True, attn="auto", budget=None,
-           refine=None, act_bits=8, name="mixed", **_):
+           refine=None, act_bits=8, name="mixed", bias_correction=False, attn_gain=0.0, **_):
     from calib.mixed import calibrate_mixed
     if str(bits).strip().lower() != "mixed":
         raise BitsError(f"method {name} only allocates mixed widths (--bits mixed); uniform widths are fqvit's")
+    if refine is None and bias_correction:
+        from calib.bias_correction import correct_biases
+
+        def refine(plan):
+            return correct_biases(model, spec, pixels, plan)
     return calibrate_mixed(model, spec, pixels, budget, act_observer, progress=progress, attn=attn,
-                           method=name, act_bits=act_bits, refine=refine)
+                           method=name, act_bits=act_bits, refine=refine, attn_gain=attn_gain)
 
 
 def _mixed_wa(*args, **opts):
-    return _mixed(*args, **{**opts, "act_bits": None, "name": "mixed-wa"})
+    return _mixed(*args, **{"attn_gain": ATTN_AUTO_COSINE_GAIN, **opts, "act_bits": None, "name": "mixed-wa"})
 
 
 def _adfq(model, spec, pixels, bits: str, act_observer="minmax", progress=True, attn="auto", outliers=False,
@@ -92,9 +97,11 @@ METHODS: dict[str, Method] = {
                     "PTF LayerNorm inputs, 4-bit Log-Int-Softmax, GELU lookup table", True, _fqvit),
     "mixed": Method("mixed", "FQ-ViT baseline quantizers; --bits mixed: per-block MSA/MLP weight widths "
                     "from {4,6,8} by nuclear-norm sensitivity, least-sensitivity Pareto point within --budget "
-                    "average weight bits; activations 8-bit", True, _mixed, mixed=True, uniform=False),
+                    "average weight bits; activations 8-bit; --attn auto takes whichever probability encoding "
+                    "has the higher calibration logit cosine", True, _mixed, mixed=True, uniform=False),
     "mixed-wa": Method("mixed-wa", "as mixed, but each module's GEMM inputs take its weight width (W = A "
-                       "per module, as in Liu et al. 2021)", True, _mixed_wa, mixed=True, uniform=False),
+                       "per module, as in Liu et al. 2021); --attn auto as fqvit", True, _mixed_wa, mixed=True,
+                       uniform=False),
     "adfq": Method("adfq", "ADFQ-ViT, hardware-mappable part: Shift-Log2 post-GELU codes (shift-mode fc2) "
                    "where they beat uniform, module-wise reconstruction of scales with attention-score loss",
                    True, _adfq),

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from calib.fqvit import BitConfig, RecordingPolicy, calibrate_fqvit, layer_module, layer_weights
+from calib.fqvit import ATTN_AUTO_COSINE_GAIN, BitConfig, RecordingPolicy, calibrate_fqvit, layer_module, layer_weights
 from calib.forward import vit_forward
 from calib.plan import SUPPORTED_BITS, BitsError, QuantPlan, quantize_weight
 
@@ -176,11 +176,13 @@ def _check_feasible(budget: float, module_params: int, fixed_params: int, low: i
 @torch.no_grad()
 def calibrate_mixed(model, spec, pixels: np.ndarray, budget: float | None = None, act_observer: str = "minmax",
                     progress: bool = True, attn: str = "auto", method: str = "mixed",
-                    act_bits: int | None = None, refine: Callable[..., QuantPlan] | None = None) -> QuantPlan:
+                    act_bits: int | None = None, refine: Callable[..., QuantPlan] | None = None,
+                    attn_gain: float = ATTN_AUTO_COSINE_GAIN) -> QuantPlan:
     """Allocate module widths under ``budget`` and calibrate the FQ-ViT baseline quantizers at
     those widths. ``act_bits`` None: a module's GEMM inputs take its weight width (the
     paper's W = A); an integer fixes every module's activation width instead. ``refine``
-    (plan → plan, e.g. a similarity search) is applied to the calibrated plan."""
+    (plan → plan, e.g. a similarity search) is applied to the calibrated plan. ``attn_gain``:
+    the logit-cosine gain uniform attention needs over log2 codes under ``attn="auto"``."""
     budget = check_budget(DEFAULT_BUDGET if budget is None else budget)
     weights = layer_weights(model, spec)
     fixed_params = sum(w.size for n, (w, _) in weights.items() if layer_module(n) is None)
@@ -191,7 +193,8 @@ def calibrate_mixed(model, spec, pixels: np.ndarray, budget: float | None = None
     alloc = allocate(modules, budget, fixed_params)
     cfg = BitConfig({m: (b, b if act_bits is None else act_bits) for m, b in alloc.module_bits.items()},
                     res_bits=8, edge_bits=EDGE_BITS)
-    plan = calibrate_fqvit(model, spec, pixels, cfg, act_observer, progress=progress, method=method, attn=attn)
+    plan = calibrate_fqvit(model, spec, pixels, cfg, act_observer, progress=progress, method=method, attn=attn,
+                           attn_gain=attn_gain)
     plan.notes.update({"budget": alloc.budget, "mixed_sensitivity": alloc.sensitivity,
                        "mixed_frontier_points": len(alloc.frontier),
                        "nuclear_norms": dict(norms),

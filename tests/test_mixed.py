@@ -175,3 +175,38 @@ def test_compare_writes_markdown_and_json_with_one_row_per_method_and_width(tmp_
     for r in ok:
         assert f"| {r['method']} | {r['bits']} | " in text
     assert sorted(p.name for p in md.parent.iterdir()) == ["cmp.json", "cmp.md"]  # no temp leftovers
+
+
+def test_mixed_auto_attention_takes_the_higher_calibration_cosine_and_mixed_wa_keeps_the_margin(digits_model):
+    """Method mixed (8-bit activations) has no preference for the cheaper 4-bit log2 codes;
+    mixed-wa, like fqvit, takes uniform probabilities only for a cosine gain above the margin."""
+    from calib.fqvit import ATTN_AUTO_COSINE_GAIN
+    from calib.methods import run_method
+    from vit2hw.data import load_calib_data
+    model, spec = digits_model
+    calib = load_calib_data(spec, None, 16).images
+    for method, margin in (("mixed", 0.0), ("mixed-wa", ATTN_AUTO_COSINE_GAIN)):
+        n = run_method(method, model, spec, calib, "mixed", progress=False).notes
+        gain = n["attn_cosine_uniform"] - n["attn_cosine_log2"]
+        assert n["attn"] == ("uniform" if gain > margin else "log2"), method
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_deit_tiny_mixed_integer_within_1_5_points_of_float_at_6_bits():
+    """Acceptance: DeiT-Tiny --bits mixed, 32 calibration images, all 200 sample images:
+    integer top-1 >= float top-1 − 1.5 at <= 6 average weight bits (~5 min)."""
+    from conftest import DEIT_TINY, SAMPLES, need_real_data
+    need_real_data()
+    from calib.report import bits_record
+    from vit2hw.data import load_calib_data, load_imagefolder
+    from vit2hw.models.zoo import create_model, get_spec
+    from vit2hw.pipeline import evaluate, quantize_model
+    spec = get_spec("deit_tiny")
+    model = create_model("deit_tiny", DEIT_TINY)
+    r = quantize_model(model, spec, load_calib_data(spec, SAMPLES, 32).images, "mixed", "mixed", progress=False)
+    data = load_imagefolder(SAMPLES, spec)
+    m = evaluate(model, spec, r, data.images, data.labels, progress=False)
+    assert bits_record(r.plan, model, spec)["avg_weight_bits"] <= 6.0
+    assert m["integer_top1"] >= m["fp_top1"] - 1.5
+    assert m["agreement"] >= 0.99
