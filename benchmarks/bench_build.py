@@ -60,8 +60,8 @@ def main() -> int:
     if r:
         print(f"  total_cycles {r['total_cycles']}  ideal {r['ideal_cycles']}  utilization {r['utilization']:.3f}  "
               f"latency {r['latency_ms']:.3f} ms  fps {r['fps']:.1f}  "
-              f"overlapped {r['estimates']['overlapped']['latency_ms']:.3f} ms  "
-              f"overlapped+forwarding {r['estimates']['overlapped_forwarding']['latency_ms']:.3f} ms")
+              f"forwarding est. {r['estimates']['overlapped_forwarding']['latency_ms']:.3f} ms  "
+              f"pipelined est. {r['estimates']['pipelined']['latency_ms']:.3f} ms")
     return rc
 
 
