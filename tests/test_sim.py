@@ -152,6 +152,32 @@ def test_sim_without_icarus_is_one_clear_error(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_sim_without_verilator_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    """`--simulator verilator` without Verilator on PATH: one error line naming the install
+    command and the alternative, exit status 2, nothing written."""
+    import sim.verilator_run
+    monkeypatch.setattr(sim.verilator_run.shutil, "which", lambda name: None)
+    out = tmp_path / "o"
+    assert _sim_cli(["--model", "vit_digits", "--bits", "8", "--simulator", "verilator", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Verilator not found" in err[0] and "--simulator icarus" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("blocks", ["0", "13"])
+def test_sim_blocks_out_of_range_is_one_clear_error(tmp_path, capsys, blocks):
+    """`--blocks` outside 1..depth is refused before anything is simulated or written."""
+    out = tmp_path / "o"
+    rc = _sim_cli(["--model", "vit_digits", "--bits", "8", "--blocks", blocks, "--simulator", "verilator",
+                   "--out", str(out)]) if shutil.which("verilator") else None
+    if rc is None:
+        pytest.skip("Verilator not installed")
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--blocks must be between 1 and 3" in err[0]
+    assert not out.exists()
+
+
 def test_sim_default_config_fits_the_model():
     """The default simulated configuration is the small 4x4 / 32-bit one, with softmax and
     LayerNorm rows sized for the model (vit_digits: 17 tokens, 64 channels)."""
