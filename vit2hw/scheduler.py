@@ -389,17 +389,17 @@ class _Scheduler:
                                       tmb * R, tnb, params.line_stride, double)
             else:
                 p_sp = self.load_half(Target.P, params.addr + r0 * lineb, tmb * R, 1, lineb, double)
-            loads = {}
-            for key, mat, row0, nrows, target in (("b", b, c0, cols, Target.B), ("a", a, r0, rows, Target.A)):
-                if mat.const:
-                    loads[key] = self.load_half(target, mat.addr + row0 * mat.stride, nrows, lines, mat.stride, double)
-            for key, mat, row0, nrows in (("a", a, r0, rows), ("b", b, c0, cols)):
-                if key not in loads:
-                    self.flush_stores_into(mat.addr + row0 * mat.stride, nrows, mat.stride, lines * wb)
-            for key, mat, row0, nrows, target in (("a", a, r0, rows, Target.A), ("b", b, c0, cols, Target.B)):
-                if key not in loads:
-                    loads[key] = self.load_half(target, mat.addr + row0 * mat.stride, nrows, lines, mat.stride, double)
-            a_sp, b_sp = loads["a"], loads["b"]
+            operands = {"a": (a, r0, rows, Target.A), "b": (b, c0, cols, Target.B)}
+            at = {key: self.load_half(t, mat.addr + row0 * mat.stride, nrows, lines, mat.stride, double)
+                  for key in ("b", "a") for mat, row0, nrows, t in [operands[key]] if mat.const}
+            acts = [key for key in ("a", "b") if key not in at]
+            for key in acts:
+                mat, row0, nrows, _ = operands[key]
+                self.flush_stores_into(mat.addr + row0 * mat.stride, nrows, mat.stride, lines * wb)
+            for key in acts:
+                mat, row0, nrows, t = operands[key]
+                at[key] = self.load_half(t, mat.addr + row0 * mat.stride, nrows, lines, mat.stride, double)
+            a_sp, b_sp = at["a"], at["b"]
             o_sp = self.halves.base(Target.O) if double else 0
             if double:
                 self.halves.flip(Target.O)
