@@ -115,3 +115,15 @@ def test_methods_agree_with_the_integer_reference(digits_model, digits_test, met
     r = quantize_model(model, spec, load_calib_data(spec, None, 32).images, bits, method, progress=False)
     m = evaluate(model, spec, r, digits_test.images, digits_test.labels, progress=False)
     assert m["agreement"] >= 0.99
+
+
+def test_isolated_mismatches_are_zero_with_integer_ops_and_show_the_requantization_at_w4a4(
+        digits_model, digits_q4, digits_test):
+    from calib.agreement import isolated_mismatches
+    model, spec = digits_model
+    imgs = digits_test.images[:16]
+    exact = isolated_mismatches(model, spec, digits_q4.plan, digits_q4.graph, imgs, IntegerOps())
+    assert set(exact) >= {"requant (linear)", "layernorm", "residual", "requant (attention x V)", "gelu table"}
+    assert all(v["mismatch"] == 0.0 for v in exact.values())
+    flt = isolated_mismatches(model, spec, digits_q4.plan, digits_q4.graph, imgs)
+    assert flt["requant (linear)"]["mismatch"] > 0.01 and flt["requant (linear)"]["max_code_diff"] == 1
