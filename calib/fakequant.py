@@ -189,11 +189,17 @@ class FakeQuantPolicy(FloatPolicy):
         if q is None:
             return x
         src = gemm_source(name) if self.integer.requant and q.kind in ("int", "ptf") else None
-        if src is None:
+        if src is None or not self._integer_input(src[1]):
             return q.fake(x)
         if name == "blocks.0.norm1.in":  # row 0 is the class-token constant, the rest the patch GEMM
             return torch.cat([q.fake(x[:, :1]), self._requant(name, src, x[:, 1:])], dim=1)
         return self._requant(name, src, x)
+
+    def _integer_input(self, point: str | None) -> bool:
+        """Whether a GEMM's input is integer codes (a quantizer kind without an integer form,
+        e.g. float outliers, leaves no accumulator to requantize: the float model applies)."""
+        q = self.plan.acts.get(point) if point else None
+        return point is None or q is not None and q.kind in ("int", "log2")
 
     def _requant(self, name: str, src: tuple[str, str | None], y: torch.Tensor) -> torch.Tensor:
         """The graph's requantization of the integer accumulator behind the float GEMM output ``y``."""

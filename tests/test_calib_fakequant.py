@@ -127,3 +127,17 @@ def test_isolated_mismatches_are_zero_with_integer_ops_and_show_the_requantizati
     assert all(v["mismatch"] == 0.0 for v in exact.values())
     flt = isolated_mismatches(model, spec, digits_q4.plan, digits_q4.graph, imgs)
     assert flt["requant (linear)"]["mismatch"] > 0.01 and flt["requant (linear)"]["max_code_diff"] == 1
+
+
+def test_a_gemm_fed_by_float_outliers_is_requantized_in_float(digits_q4):
+    """adfq-outlier's LayerNorm outputs keep float outliers: there is no integer accumulator behind
+    q/k/v, so the model must not round the product to one (it would invent an accumulator)."""
+    import copy
+    from calib.adfq import outlier_quant
+    plan = copy.deepcopy(digits_q4.plan)
+    rng = np.random.default_rng(0)
+    plan.acts["blocks.0.norm1.out"] = outlier_quant(torch.from_numpy(rng.normal(0, 1, (64, 64))), 4)
+    y = torch.from_numpy(rng.normal(0, 1, (2, 17, 64)))
+    q = plan.acts["blocks.0.attn.q"]
+    assert torch.equal(FakeQuantPolicy(plan).act("blocks.0.attn.q", y), q.fake(y))
+    assert not torch.equal(FakeQuantPolicy(digits_q4.plan).act("blocks.0.attn.q", y), q.fake(y))
