@@ -30,7 +30,7 @@ from vit2hw.isa import INSTR_BYTES, Engine, Geometry, GemmMode, Instruction, Op,
 __all__ = [
     "REQUANT_LATENCY", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",
     "vector_cycles", "fetch_cycles", "engine_cycles", "instruction_cycles", "program_cycles", "Timeline",
-    "timeline", "DEFAULT_MEM_LATENCY",
+    "timeline", "Sequencer", "DEFAULT_MEM_LATENCY",
 ]
 
 DEFAULT_MEM_LATENCY = 1
@@ -157,11 +157,42 @@ class Timeline:
         return out
 
 
+class Sequencer:
+    """The issue rules of ``hdl/controller.py`` as state: when the next instruction is fetched
+    and issued, given when each engine is free. :func:`timeline` replays a program with it;
+    :mod:`vit2hw.reorder` asks it which candidate would issue first."""
+
+    def __init__(self, g: Geometry, mem_latency: int = DEFAULT_MEM_LATENCY):
+        self.fc = fetch_cycles(g, mem_latency)
+        self.free = {e: 0 for e in Engine}   # first cycle at which the engine's busy is low
+        self.t = 1                           # the sequencer enters FETCH the cycle after start
+
+    def fetch_cycle(self) -> int:
+        """When the next fetch begins (fetching needs the memory port, so the DMA engine idle)."""
+        return max(self.t, self.free[Engine.DMA])
+
+    def issue_cycle(self, engine: Engine | None, waits=()) -> int:
+        """When an instruction for ``engine`` (None: END/FENCE, which wait for every engine)
+        waiting for the engines ``waits`` would issue if it were fetched next."""
+        ready = self.fetch_cycle() + self.fc - 1
+        if engine is None:
+            return max(ready, *self.free.values())
+        return max(ready, self.free[engine], *(self.free[e] for e in waits))
+
+    def issue(self, engine: Engine | None, x: int, busy: int) -> int:
+        """Record the issue at cycle ``x`` of an instruction keeping ``engine`` busy ``busy``
+        cycles; returns the cycle the engine is free again (``x`` for END/FENCE)."""
+        self.t = x + 1
+        if engine is None:
+            return x
+        self.free[engine] = x + 1 + busy
+        return self.free[engine]
+
+
 def timeline(program: Program, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> Timeline:
     """Replay the sequencer on ``program`` (up to and including its first END; one is
     appended if missing), as ``hdl/controller.py`` runs it."""
     g = _geometry(config)
-    fc = fetch_cycles(g, mem_latency)
     instrs = []
     for ins in program.instructions:
         instrs.append(ins)
@@ -169,26 +200,17 @@ def timeline(program: Program, config, mem_latency: int = DEFAULT_MEM_LATENCY) -
             break
     else:
         instrs.append(Instruction.make(Op.END))
-    free = {e: 0 for e in Engine}        # first cycle at which the engine's busy is low
-    t = 1                                # the sequencer enters FETCH the cycle after start
+    seq = Sequencer(g, mem_latency)
     fetch, issue, finish, busy = [], [], [], []
     for ins in instrs:
-        f = max(t, free[Engine.DMA])
-        ready = f + fc - 1
         eng = engine_of(ins.op)
-        if eng is None:                  # END / FENCE wait for every engine
-            x = max(ready, *free.values())
-            b = 0
-        else:
-            waits = [e for e in Engine if (ins.get("wait") >> int(e)) & 1]
-            x = max(ready, free[eng], *(free[e] for e in waits))
-            b = engine_cycles(ins, g, mem_latency)
-            free[eng] = x + 1 + b
-        fetch.append(f)
+        waits = [e for e in Engine if (ins.get("wait") >> int(e)) & 1]
+        b = engine_cycles(ins, g, mem_latency) if eng is not None else 0
+        fetch.append(seq.fetch_cycle())
+        x = seq.issue_cycle(eng, waits)
+        finish.append(seq.issue(eng, x, b))
         issue.append(x)
-        finish.append(x + 1 + b if eng is not None else x)
         busy.append(b)
-        t = x + 1
     return Timeline(tuple(instrs), tuple(fetch), tuple(issue), tuple(finish), tuple(busy), issue[-1])
 
 

@@ -19,11 +19,11 @@ the DMA engine reads or writes it, and it runs one instruction at a time in orde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, engine_of
 
-__all__ = ["Span", "accesses", "conflicts", "assign_waits", "v_half_lines"]
+__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "v_half_lines"]
 
 
 @dataclass(frozen=True)
@@ -99,16 +99,18 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
     return [], []
 
 
-def _any_overlap(xs: Iterable[Span], ys: Iterable[Span]) -> bool:
-    ys = list(ys)
+def _any_overlap(xs: Sequence[Span], ys: Sequence[Span]) -> bool:
     return any(x.overlaps(y) for x in xs for y in ys)
 
 
-def conflicts(a: Instruction, b: Instruction, g: Geometry) -> bool:
-    """True when ``a`` and ``b`` must not run at the same time (RAW, WAR, WAW or the V write port)."""
-    ra, wa = accesses(a, g)
-    rb, wb = accesses(b, g)
+def spans_conflict(ra: Sequence[Span], wa: Sequence[Span], rb: Sequence[Span], wb: Sequence[Span]) -> bool:
+    """True when reads/writes ``(ra, wa)`` and ``(rb, wb)`` conflict (RAW, WAR or WAW)."""
     return _any_overlap(wa, rb) or _any_overlap(ra, wb) or _any_overlap(wa, wb)
+
+
+def conflicts(a: Instruction, b: Instruction, g: Geometry) -> bool:
+    """True when ``a`` and ``b`` must not run at the same time (RAW, WAR, WAW or a V write half)."""
+    return spans_conflict(*accesses(a, g), *accesses(b, g))
 
 
 def assign_waits(instructions: Sequence[Instruction], g: Geometry) -> list[Instruction]:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vit2hw.cyclemodel import engine_cycles, fetch_cycles
-from vit2hw.hazards import Span, accesses
+from vit2hw.cyclemodel import Sequencer, engine_cycles
+from vit2hw.hazards import Span, accesses, spans_conflict
 from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, engine_of
 
 __all__ = ["reorder", "dram_span", "depends"]
@@ -50,12 +50,8 @@ class _Info:
         self.busy = engine_cycles(ins, g, lat) if self.engine is not None else 0
 
 
-def _overlap(xs, ys) -> bool:
-    return any(x.overlaps(y) for x in xs for y in ys)
-
-
 def _conflict(a: _Info, b: _Info) -> bool:
-    return _overlap(a.writes, b.reads) or _overlap(a.reads, b.writes) or _overlap(a.writes, b.writes)
+    return spans_conflict(a.reads, a.writes, b.reads, b.writes)
 
 
 def _depends(a: _Info, b: _Info) -> bool:
@@ -75,11 +71,9 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
     n = len(instructions)
     info = [_Info(ins, g, mem_latency) for ins in instructions]
     barrier = [ins.op in (Op.END, Op.FENCE) for ins in instructions]
-    fc = fetch_cycles(g, mem_latency)
+    seq = Sequencer(g, mem_latency)
     order: list[int] = []
-    free = {e: 0 for e in Engine}
     last: dict[Engine, int] = {}
-    t = 1
     pool: list[int] = []          # the oldest unplaced instructions, in program order
     indeg: dict[int, int] = {}
     succ: dict[int, list[int]] = {}
@@ -96,31 +90,20 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
         pool.append(j)
 
     def issue_time(j: int) -> int:
-        f = max(t, free[Engine.DMA])
-        x = f + fc - 1
         e = info[j].engine
-        if e is None:
-            return max(x, *free.values())
-        x = max(x, free[e])
-        for other, i in last.items():
-            if other != e and _conflict(info[j], info[i]):
-                x = max(x, free[other])
-        return x
+        waits = [other for other, i in last.items() if e is not None and other != e and _conflict(info[j], info[i])]
+        return seq.issue_cycle(e, waits)
 
     while len(order) < n:
         while nxt < n and len(pool) < window:
             admit(nxt)
             nxt += 1
-            if barrier[nxt - 1]:
-                break               # nothing after a barrier may pass it: admit it alone last
         ready = [j for j in pool if indeg[j] == 0]
         best = min(ready, key=lambda j: (issue_time(j), j))
-        x = issue_time(best)
         e = info[best].engine
+        seq.issue(e, issue_time(best), info[best].busy)
         if e is not None:
-            free[e] = x + 1 + info[best].busy
             last[e] = best
-        t = x + 1
         order.append(best)
         pool.remove(best)
         for s in succ.pop(best):
