@@ -69,7 +69,11 @@ class Controller(wiring.Component):
     cycles : Out(32)
         Cycles from the ``start`` cycle (exclusive) to ``done`` rising (inclusive).
     fetch_go, pc, fetch_busy, instr : fetcher handshake.
-    go, opcode : issue: ``go`` pulses once per engine instruction, with ``instr`` valid.
+    go : Out(len(Engine))
+        Issue: bit ``e`` pulses for one cycle when an instruction for engine ``e`` issues,
+        with ``instr`` holding it.
+    opcode : Out(8)
+        The opcode of ``instr``.
     engine_busy : In(len(Engine))
         Busy flag of each engine, bit ``e`` for :class:`vit2hw.isa.Engine` ``e``.
     fetching : Out(1)
@@ -81,7 +85,8 @@ class Controller(wiring.Component):
             "start": In(1), "prog_addr": In(ADDR_BITS),
             "running": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
             "fetch_go": Out(1), "pc": Out(ADDR_BITS), "fetch_busy": In(1), "instr": In(INSTR_BITS),
-            "go": Out(1), "opcode": Out(OPCODE_BITS), "engine_busy": In(len(Engine)), "fetching": Out(1),
+            "go": Out(len(Engine)), "opcode": Out(OPCODE_BITS), "engine_busy": In(len(Engine)),
+            "fetching": Out(1),
         })
 
     def elaborate(self, platform):
@@ -125,7 +130,7 @@ class Controller(wiring.Component):
                     m.d.sync += [self.done.eq(1), self.error.eq(1), self.running.eq(0)]
                     m.next = "IDLE"
                 with m.Elif((busy & (target | wait)) == 0):
-                    m.d.comb += self.go.eq(1)
+                    m.d.comb += self.go.eq(target)
                     m.d.sync += self.pc.eq(self.pc + INSTR_BYTES)
                     m.next = "FETCH"
         return m

@@ -69,9 +69,7 @@ class Accelerator(wiring.Component):
         # the next one while it runs
         fetched = fetch.instr
         op = ctrl.opcode
-        is_dma = (op == Op.LOAD) | (op == Op.STORE)
-        is_vec = (op == Op.LAYERNORM) | (op == Op.SOFTMAX) | (op == Op.LUT) | (op == Op.RESIDUAL_ADD)
-        go_dma, go_gemm, go_vec = ctrl.go & is_dma, ctrl.go & (op == Op.GEMM), ctrl.go & is_vec
+        go_dma, go_gemm, go_vec = (ctrl.go[e] for e in (Engine.DMA, Engine.GEMM, Engine.VECTOR))
         held = {}
         for name, go in (("dma", go_dma), ("gemm", go_gemm), ("vec", go_vec)):
             ir = Signal(len(fetched), name=f"ir_{name}")
