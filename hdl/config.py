@@ -12,15 +12,15 @@ Presets (``get_preset``):
     16 x 16 array at 100 MHz, for simulation and tests (its 288 DSPs exceed the
     xc7z020, so its nominal target is the xczu9eg).
 ``pynq-z2`` (xc7z020)
-    12 x 12 array at 100 MHz: 144 PE DSP slices + 24 for the requantizer multipliers
-    (two per column) leave 52 of the 220 DSPs for the vector units. 12 divides 192, 576
-    and 768 channels and tiles 197 tokens at 97 %.
+    12 x 12 array at 100 MHz, 32-bit bus, 4 vector lanes: 144 PE DSP slices + 24 for the
+    requantizer multipliers (two per column) + ~10 per lane (measured on the whole default
+    accelerator) = 95 % of the 220 DSPs. 12 divides 192, 576 and 768 channels and tiles
+    197 tokens at 97 %.
 ``zcu102`` (xczu9eg)
-    25 x 48 array at 250 MHz (1200 PE DSPs + 96 requantizer DSPs = 51 % of 2520).
-    48 divides 192, 576, 768 and 3072 channels; 197 tokens tile onto 8 x 25 = 200 rows.
-    LUTs bind, not DSPs: ~190 LUTs per PE (array + requantizer, measured on the 16 x 16)
-    take ~84 % of the part's 274 080 LUTs, which leaves room for 16 vector lanes, not 32
-    (the analytic estimate of ``vit2hw build`` reports ~94 %).
+    20 x 48 array at 250 MHz, 128-bit bus, 16 vector lanes. LUTs bind, not DSPs: ~190 LUTs
+    per PE (array + requantizer) and ~3 000 per vector lane (the rest of the measured whole
+    default accelerator) make ~85 % of the part's 274 080 LUTs (25 rows would be 98 %).
+    48 divides 192, 576, 768 and 3072 channels; 197 tokens tile onto 10 x 20 = 200 rows.
 """
 
 from __future__ import annotations
@@ -201,14 +201,14 @@ class AcceleratorConfig:
 PRESETS: dict[str, AcceleratorConfig] = {
     "default": AcceleratorConfig(),
     "pynq-z2": AcceleratorConfig(
-        name="pynq-z2", rows=12, cols=12, vector_lanes=8,
+        name="pynq-z2", rows=12, cols=12, vector_lanes=4,
         # depth x word bytes: 16 Ki A columns, 10 Ki B rows, 1 Ki int32 output rows
         act_buf_bytes=16384 * 12, weight_buf_bytes=10240 * 12, out_buf_bytes=1024 * 48,
-        mem_bus_bits=64, clock_mhz=100.0, device="xc7z020"),
+        mem_bus_bits=32, clock_mhz=100.0, device="xc7z020"),
     "zcu102": AcceleratorConfig(
-        name="zcu102", rows=25, cols=48, vector_lanes=16,
+        name="zcu102", rows=20, cols=48, vector_lanes=16,
         # depth x word bytes: 40 Ki A columns, 20 Ki B rows, 2 Ki int32 output rows
-        act_buf_bytes=40960 * 25, weight_buf_bytes=20480 * 48, out_buf_bytes=2048 * 192,
+        act_buf_bytes=51200 * 20, weight_buf_bytes=20480 * 48, out_buf_bytes=2048 * 192,
         mem_bus_bits=128, clock_mhz=250.0, device="xczu9eg", max_channels=1024),
 }
 

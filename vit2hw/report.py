@@ -145,23 +145,26 @@ def analyze(sp, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> Analysis:
 
 #: measured, docs/hw/array.md §7: RequantizedArray(16, 16) on xc7 — 288 DSP, 49 081 LUT, 36 940 FF
 _ARRAY_REF = {"pes": 256, "cols": 16, "dsp": 288, "lut": 49081, "ff": 36940}
-#: assumed (not measured) cost of the vector side per lane (LayerNorm, softmax, LUT/residual unit
-#: datapaths, constant memories) and a fixed controller/DMA cost
-_PER_LANE = {"dsp": 4, "lut": 1500, "ff": 1200}
-_FIXED = {"dsp": 0, "lut": 4000, "ff": 3000}
+#: measured, docs/hw/array.md §7: the whole Accelerator(default) (16×16, 16 lanes) on xc7
+_TOP_REF = {"lanes": 16, "dsp": 453, "lut": 97515, "ff": 55925}
+#: everything beside the array (vector units, controller, DMA, scratchpad ports), per lane: the
+#: measured top minus the measured array, all of it attributed to the lanes (conservative for
+#: configurations with more lanes than 16, the controller/DMA part does not grow with them)
+_PER_LANE = {k: (_TOP_REF[k] - _ARRAY_REF[k]) / _TOP_REF["lanes"] for k in ("dsp", "lut", "ff")}
 _BRAM36_BYTES = 4608
 
 
 def estimate_resources(config) -> dict[str, Any]:
     """Analytic FPGA resources of ``config``: array + requantizer scaled from the measured
-    16×16 synthesis, vector side from a per-lane assumption, scratchpads as block RAM."""
+    16×16 synthesis, the rest per vector lane from the measured whole accelerator,
+    scratchpads as block RAM."""
     pes, cols, lanes = config.rows * config.cols, config.cols, config.vector_lanes
     lut_pe = (_ARRAY_REF["lut"]) / _ARRAY_REF["pes"]
     ff_pe = (_ARRAY_REF["ff"]) / _ARRAY_REF["pes"]
     est = {
-        "dsp": pes + 2 * cols + _PER_LANE["dsp"] * lanes + _FIXED["dsp"],
-        "lut": round(lut_pe * pes + _PER_LANE["lut"] * lanes + _FIXED["lut"]),
-        "ff": round(ff_pe * pes + _PER_LANE["ff"] * lanes + _FIXED["ff"]),
+        "dsp": round(pes + 2 * cols + _PER_LANE["dsp"] * lanes),
+        "lut": round(lut_pe * pes + _PER_LANE["lut"] * lanes),
+        "ff": round(ff_pe * pes + _PER_LANE["ff"] * lanes),
         "bram": round((config.act_buf_bytes + config.weight_buf_bytes + config.out_buf_bytes) / _BRAM36_BYTES, 1),
     }
     dev = config.target
@@ -169,11 +172,9 @@ def estimate_resources(config) -> dict[str, Any]:
     return {
         "method": "analytic",
         "basis": "array+requantizer scaled per PE from the measured 16x16 Yosys synth_xilinx run "
-                 "(docs/hw/array.md: 288 DSP, 49081 LUT, 36940 FF); vector units assumed "
-                 f"{_PER_LANE['dsp']} DSP/{_PER_LANE['lut']} LUT/{_PER_LANE['ff']} FF per lane plus "
-                 f"{_FIXED['lut']} LUT/{_FIXED['ff']} FF controller+DMA (not measured); scratchpads counted "
-                 "as BRAM36 (the generated RTL reads them combinationally, which maps to LUTRAM until a "
-                 "registered read is added, docs/isa.md §9)",
+                 "(docs/hw/array.md: 288 DSP, 49081 LUT, 36940 FF); everything else scaled per vector lane "
+                 "from the measured whole default accelerator (453 DSP, 97515 LUT, 55925 FF with 16 lanes); "
+                 "scratchpads counted as BRAM36 (they read synchronously and map to block RAM)",
         "device": dev.name, "estimate": est, "capacity": cap,
         "fraction": {k: round(est[k] / cap[k], 4) for k in est},
         "fits": all(est[k] <= cap[k] for k in est),
