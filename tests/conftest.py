@@ -22,13 +22,18 @@ def digits_model():
 
 
 @pytest.fixture(scope="session")
-def digits_q8(digits_model):
-    """vit_digits calibrated at W8A8 with the default method on 32 train images."""
+def digits_calib(digits_model):
+    """The 32 vit_digits calibration images (from the train split)."""
     from vit2hw.data import load_calib_data
+    return load_calib_data(digits_model[1], None, 32).images
+
+
+@pytest.fixture(scope="session")
+def digits_q8(digits_model, digits_calib):
+    """vit_digits calibrated at W8A8 with the default method on 32 train images."""
     from vit2hw.pipeline import quantize_model
     model, spec = digits_model
-    calib = load_calib_data(spec, None, 32).images
-    return quantize_model(model, spec, calib, "8", "fqvit", progress=False)
+    return quantize_model(model, spec, digits_calib, "8", "fqvit", progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import torch
 
 from calib.adfq import (ReconConfig, block_forward, calibrate_adfq, embed_stream, log2_linear_terms,
                         reconstruct_plan, shift_log2_codes, shift_log2_fake, shift_log2_lut)
-from calib.fakequant import FakeQuantPolicy
 from calib.forward import FloatPolicy, vit_forward
 from calib.fqvit import RecordingPolicy, calibrate_fqvit
 from calib.lower import LoweringError, lower_plan
@@ -17,12 +16,6 @@ from vit2hw import intops as I
 from vit2hw.graph import TensorSpec
 from vit2hw.pipeline import QuantResult, evaluate, graph_input, quantize_model
 from vit2hw.reference import run_graph
-
-
-@pytest.fixture(scope="module")
-def digits_calib(digits_model):
-    from vit2hw.data import load_calib_data
-    return load_calib_data(digits_model[1], None, 32).images
 
 
 @pytest.fixture(scope="module")

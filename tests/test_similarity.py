@@ -13,32 +13,26 @@ from vit2hw.pipeline import QuantResult, evaluate
 
 
 @pytest.fixture(scope="module")
-def calib32(digits_model):
-    from vit2hw.data import load_calib_data
-    return load_calib_data(digits_model[1], None, 32).images
-
-
-@pytest.fixture(scope="module")
-def base_w4a4(digits_model, calib32):
+def base_w4a4(digits_model, digits_calib):
     model, spec = digits_model
-    return calibrate_fqvit(model, spec, calib32, BitConfig.uniform(len(model.blocks), 4, 4), progress=False)
+    return calibrate_fqvit(model, spec, digits_calib, BitConfig.uniform(len(model.blocks), 4, 4), progress=False)
 
 
 @pytest.fixture(scope="module")
-def searched(digits_model, calib32, base_w4a4):
+def searched(digits_model, digits_calib, base_w4a4):
     """Search only (no bias correction), ranking-aware with a strong ranking weight, and cosine-only."""
     model, spec = digits_model
-    rank = refine_plan(model, spec, calib32, base_w4a4, bias_correction=False, rank_weight=20.0)
-    cos = refine_plan(model, spec, calib32, base_w4a4, bias_correction=False, ranking=False)
+    rank = refine_plan(model, spec, digits_calib, base_w4a4, bias_correction=False, rank_weight=20.0)
+    cos = refine_plan(model, spec, digits_calib, base_w4a4, bias_correction=False, ranking=False)
     return rank, cos
 
 
 @pytest.fixture(scope="module")
-def searched_all_tokens(digits_model, calib32, base_w4a4):
+def searched_all_tokens(digits_model, digits_calib, base_w4a4):
     """Cosine-only search whose token sample (max_tokens above 32 images × 17 tokens) is every
     token: the search's guarantee then holds on a full measurement, not just in expectation."""
     model, spec = digits_model
-    return refine_plan(model, spec, calib32, base_w4a4, bias_correction=False, ranking=False, max_tokens=1024)
+    return refine_plan(model, spec, digits_calib, base_w4a4, bias_correction=False, ranking=False, max_tokens=1024)
 
 
 def test_rank_inversions_counts_discordant_pairs_and_half_ties():
@@ -51,12 +45,12 @@ def test_rank_inversions_counts_discordant_pairs_and_half_ties():
     assert ranking_loss(ref, -ref, pi, pj) > 0.0
 
 
-def test_search_never_lowers_the_summed_output_cosine_and_raises_it_at_w4a4(digits_model, calib32, base_w4a4,
+def test_search_never_lowers_the_summed_output_cosine_and_raises_it_at_w4a4(digits_model, digits_calib, base_w4a4,
                                                                              searched_all_tokens):
     """Objective: per input group, the summed cosine of each layer's quantized output to the float
     layer's, recomputed on every token with both plans' quantizers on the same inputs."""
     model, spec = digits_model
-    cos = layer_cosines(model, spec, calib32, searched_all_tokens, other=base_w4a4)
+    cos = layer_cosines(model, spec, digits_calib, searched_all_tokens, other=base_w4a4)
     groups = {None: ["patch_embed"], **linear_inputs(len(model.blocks))}
     gains = []
     for layers in groups.values():
@@ -78,10 +72,10 @@ def test_ranking_loss_reduces_rank_inversions_of_attention_scores(searched):
     assert inv_rank < inv_cos
 
 
-def test_ptq4vit_lowers_and_integer_reference_agrees_with_fake_quant(digits_model, calib32, digits_test):
+def test_ptq4vit_lowers_and_integer_reference_agrees_with_fake_quant(digits_model, digits_calib, digits_test):
     model, spec = digits_model
     from calib.lower import lower_plan
-    plan = run_method("ptq4vit", model, spec, calib32, "w4a8", progress=False)
+    plan = run_method("ptq4vit", model, spec, digits_calib, "w4a8", progress=False)
     assert plan.method == "ptq4vit" and plan.notes["bias_correction"] == "on"
     m = evaluate(model, spec, QuantResult(plan, lower_plan(plan, model, spec)), digits_test.images,
                  digits_test.labels, progress=False)
@@ -104,13 +98,13 @@ def test_refine_keeps_widths_kinds_and_the_baseline_points(base_w4a4, searched):
     ({"rounds": 0}, "rounds"), ({"rank_weight": -1.0}, "rank_weight"), ({"max_tokens": 2.5}, "max_tokens"),
     ({"bogus": 1}, "unknown search option"),
 ])
-def test_bad_options_are_clear_errors(digits_model, calib32, opts, match):
+def test_bad_options_are_clear_errors(digits_model, digits_calib, opts, match):
     model, spec = digits_model
     with pytest.raises(SearchOptionError, match=match):
-        run_method("ptq4vit", model, spec, calib32, "8", progress=False, **opts)
+        run_method("ptq4vit", model, spec, digits_calib, "8", progress=False, **opts)
 
 
-def test_ptq4vit_rejects_mixed_bits(digits_model, calib32):
+def test_ptq4vit_rejects_mixed_bits(digits_model, digits_calib):
     model, spec = digits_model
     with pytest.raises(BitsError, match="uniform"):
-        run_method("ptq4vit", model, spec, calib32, "mixed", progress=False)
+        run_method("ptq4vit", model, spec, digits_calib, "mixed", progress=False)
