@@ -19,8 +19,8 @@ output beats to consecutive V lines.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, WAIT_FIELD, WAIT_POS, Engine,
@@ -143,7 +143,8 @@ class GemmEngine(wiring.Component):
     and B lines ``b_addr + j·b_row_lines + k // bus_bytes`` of every B bank, byte
     ``k % bus_bytes``. Output row ``r`` of the tile (global row ``m = i·rows + r``) goes to O
     line ``o_addr + m·n_tiles + j`` with the parameters of P line ``p_addr + j`` (or
-    ``p_addr + m·n_tiles + j`` with ``bias_per_row``).
+    ``p_addr + m·n_tiles + j`` with ``bias_per_row``). With ``lut`` every requantized code is
+    looked up in the engine's copies of LUT_TABLE (written through ``lut_wr``) before O.
     """
 
     def __init__(self, geometry: Geometry, acc_bits: int = 32, tag_bits: int = 8):
@@ -156,6 +157,7 @@ class GemmEngine(wiring.Component):
             "b_rd": Out(read_port_signature(wbits, g.b_depth, g.cols)),
             "p_rd": Out(read_port_signature(g.cols * RECORD_BYTES * 8, g.p_depth, 1)),
             "o_wr": Out(write_port_signature(g.cols * 32, g.o_depth, 1)),
+            "lut_wr": In(const_write_signature(8, signed(16))),
         })
 
     def elaborate(self, platform):
@@ -243,8 +245,25 @@ class GemmEngine(wiring.Component):
         m.d.sync += addr_pipe[0].eq(cfg.o_addr + cur)
         for i in range(1, REQUANT_LATENCY):
             m.d.sync += addr_pipe[i].eq(addr_pipe[i - 1])
+        # optional table lookup of every requantized code (e.g. GELU fused into the layer that
+        # feeds it): one copy of LUT_TABLE per column, read combinationally from the
+        # requantizer's output register, so the drain keeps its latency and the cycle model
+        # is unchanged
+        lut_offset = (Const(1, 9) << cfg.lut_bits) >> 1
+        lanes = []
+        for c in range(C):
+            table = memory.Memory(shape=signed(16), depth=256, init=[])
+            m.submodules[f"lut{c}"] = table
+            wp = table.write_port()
+            m.d.comb += [wp.addr.eq(self.lut_wr.addr), wp.data.eq(self.lut_wr.data), wp.en.eq(self.lut_wr.en)]
+            rp = table.read_port(domain="comb")
+            y = ra.o.payload.y[c]
+            m.d.comb += rp.addr.eq((y[:8] + lut_offset)[:8])
+            lane = Signal(signed(32), name=f"drain{c}")
+            m.d.comb += lane.eq(Mux(cfg.lut, rp.data, y))
+            lanes.append(lane)
         m.d.comb += [self.o_wr.en.eq(ra.o.valid), self.o_wr.addr.eq(addr_pipe[-1]),
-                     self.o_wr.data.eq(Cat(*[ra.o.payload.y[c] for c in range(C)]))]
+                     self.o_wr.data.eq(Cat(*lanes))]
         m.d.comb += self.busy.eq(feeding | ra.busy)
         return m
 

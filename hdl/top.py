@@ -129,6 +129,8 @@ class Accelerator(wiring.Component):
             vec.res_const.data.s.eq(d[32:38]), vec.res_const.data.bias.eq(d[64:104]),
             vec.lut_wr.en.eq(lw.en & (lw.target == Target.LUT_TABLE)), vec.lut_wr.addr.eq(lw.addr),
             vec.lut_wr.data.eq(d[0:16]),
+            gemm.lut_wr.en.eq(lw.en & (lw.target == Target.LUT_TABLE)), gemm.lut_wr.addr.eq(lw.addr),
+            gemm.lut_wr.data.eq(d[0:16]),
         ]
 
         # ---- compute and STORE ports

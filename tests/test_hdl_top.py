@@ -72,11 +72,13 @@ def _param_lines(g: Geometry, n: int, bias, m, s, zp) -> tuple[bytes, int]:
 
 
 def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm",
-              out_ebytes: int = 1, bias_per_row: bool = False) -> Case:
+              out_ebytes: int = 1, bias_per_row: bool = False, lut_bits: int = 0) -> Case:
     """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it.
 
     ``out_ebytes`` 1/2 requantizes to int8/int16; 4 is the bypass (raw int32 ``acc + bias``).
-    ``bias_per_row`` uses one bias per output element (P line per row and column tile)."""
+    ``bias_per_row`` uses one bias per output element (P line per row and column tile).
+    ``lut_bits``: requantize to that many bits and look every code up in a GELU table
+    (loaded into LUT_TABLE) on the way into O; the int16 values are stored."""
     g = Geometry.from_config(cfg)
     asm, mem = Assembler(g), Layout()
     wb = g.bus_bytes
@@ -103,7 +105,7 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
         w_bytes = w.T
     mt, nt = _ceil(m, g.rows), _ceil(n, g.cols)
     bias = rng.integers(-5000, 5000, (mt * g.rows, n) if bias_per_row else n)
-    out_bits = 8 * out_ebytes
+    out_bits = lut_bits or 8 * out_ebytes
     scale = max(1, int(np.abs(acc).max()))
     target = 100.0 if out_ebytes == 1 else 20000.0
     mult, shift = I.choose_multiplier(np.full(n, target / scale) * rng.uniform(0.5, 1.5, n), max_shift=40)
@@ -112,6 +114,14 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
         want = acc + bias[:m]if bias_per_row else acc + bias
     else:
         want = I.requantize(acc, mult, shift, out_bits, True, zp, bias[:m] if bias_per_row else bias)
+    if lut_bits:
+        step = 4.0 / (1 << (lut_bits - 1))
+        table = I.build_lut(lambda v: 0.5 * v * (1 + np.tanh(0.79788456 * (v + 0.044715 * v ** 3))),
+                            lut_bits, step, 0, 16, step / 64)
+        want = I.apply_lut(want, table, lut_bits)
+        ta = mem.take(len(table) * 16)
+        asm.data(ta, pack_records(LUT_RECORD, len(table), value=table), "table")
+        asm.load_const(Target.LUT_TABLE, ta, len(table))
 
     lines = _ceil(k_beats, wb)
     xa = mem.take(m * lines * wb)
@@ -132,7 +142,7 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     asm.load(Target.B, wa, n, lines, 0)
     asm.load(Target.P, pa, p_lines, 1, 0)
     asm.gemm(m, n, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=min(out_bits, 32), mode=mode,
-             bypass=out_ebytes == 4, bias_per_row=bias_per_row)
+             bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits)
     asm.store(Target.O, ya, m, nt, 0, row_elems=n, ebytes=out_ebytes)
     case = Case(name, asm.end())
     case.expect("Y", ya, want, out_ebytes, out_row)
@@ -339,12 +349,15 @@ def _more_cases(rng) -> list[Case]:
             gemm_case(SMALL, rng, 6, 5, 9, name="scores_int16", out_ebytes=2),
             gemm_case(SMALL, rng, 5, 6, 7, name="bypass_int32", out_ebytes=4),
             gemm_case(SMALL, rng, 6, 8, 5, name="bias_per_row", bias_per_row=True),
-            lut_case(SMALL, rng, 2, 10), residual_case(SMALL, rng, 3, 8)]
+            lut_case(SMALL, rng, 2, 10), residual_case(SMALL, rng, 3, 8),
+            gemm_case(SMALL, rng, 6, 9, 7, name="gemm_gelu8", out_ebytes=2, lut_bits=8),
+            gemm_case(SMALL, rng, 5, 6, 4, name="gemm_table4", out_ebytes=2, lut_bits=4)]
 
 
 def test_top_more_ops_slow_memory(tmp_path):
-    """Packed int4, K < rows, int16 and int32 (bypass) outputs, per-element bias, LUT and residual
-    add are bit-exact with a 3-cycle memory, and the cycle model still matches exactly."""
+    """Packed int4, K < rows, int16 and int32 (bypass) outputs, per-element bias, LUT, residual
+    add and GEMMs with a fused 8-bit / 4-bit table lookup are bit-exact with a 3-cycle memory,
+    and the cycle model still matches exactly."""
     _run(tmp_path, SMALL, _more_cases(np.random.default_rng(9)), latency=3)
 
 

@@ -224,3 +224,22 @@ def test_interleaving_keeps_every_dependent_pair_and_saves_cycles(digits_log2):
             if depends(a[i], a[j], g):
                 assert where[i] < where[j], (a[i], a[j])
     assert program_cycles(mixed.program, cfg) < program_cycles(plain.program, cfg)
+
+
+def test_gelu_table_runs_on_the_fc1_drain(digits_log2, test_codes):
+    """Every GELU lookup whose input is only its MLP fc1's output is fused into that GEMM: the
+    program has no LUT instruction, each fc1 GEMM carries the table flag and the table's width,
+    and the program still reproduces the reference logits bit for bit."""
+    g = digits_log2
+    luts = [n for n in g.nodes.values() if n.op == "lut"]
+    assert luts
+    sp, got = _run_images(g, get_preset("default"), test_codes[:2])
+    instrs = sp.program.instructions
+    assert not any(i.op == Op.LUT for i in instrs)
+    for lut in luts:
+        fc1 = g.producer(lut.inputs[0])
+        flags = {(i["lut"], i["lut_bits"]) for i, n in zip(instrs, sp.per_instr_layer)
+                 if n == fc1.name and i.op == Op.GEMM}
+        assert flags == {(1, g.tensors[lut.inputs[0]].bits)}, (fc1.name, flags)
+    for img, logits in zip(test_codes[:2], got):
+        np.testing.assert_array_equal(logits, run_graph(g, img[None])[g.outputs[0]][0])

@@ -79,6 +79,8 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
         reads = [Span("A", ins["a_addr"], ins["a_addr"] + mt * ins["a_row_lines"]),
                  Span("B", ins["b_addr"], ins["b_addr"] + nt * ins["b_row_lines"]),
                  Span("P", ins["p_addr"], ins["p_addr"] + p_lines)]
+        if ins["lut"]:
+            reads.append(Span("LUT_TABLE", 0, 1 << ins["lut_bits"]))
         return reads, [Span("O", ins["o_addr"], ins["o_addr"] + out_lines)]
     if op == Op.LAYERNORM:
         n = ins["rows"] * (ins["channels"] // g.lanes)

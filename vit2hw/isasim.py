@@ -209,6 +209,9 @@ def _gemm(st: MachineState, ins: Instruction) -> None:
     else:
         y = I.requantize(acc, rec["m"].astype(np.int64), rec["s"].astype(np.int64), ins["out_bits"],
                          bool(ins["out_signed"]), rec["zp"].astype(np.int64), rec["bias"].astype(np.int64))
+    if ins["lut"]:
+        bits = ins["lut_bits"]
+        y = I.apply_lut(y, st.lut["value"][:1 << bits].astype(np.int64), bits)
     st.o[lines.reshape(-1)] = y.reshape(mt * R, nt, C).reshape(-1, C)
 
 

@@ -16,7 +16,9 @@ topological order) become instructions of :mod:`vit2hw.isa`:
 ``attn_v``      one GEMM per head: A = probabilities, B = the head's Vᵀ rows; SHIFT mode for
                 4-bit log2 codes, MUL8 for uniform 8-bit probabilities.
 ``layernorm``   LN constants → LN_CONST; LOAD V → LAYERNORM → STORE V, in row chunks.
-``lut``         table → LUT_TABLE; LOAD V → LUT → STORE V.
+``lut``         table → LUT_TABLE; fused into the GEMM of the linear that feeds it when that
+                linear's output has no other use (the drain looks every code up, see
+                ``plan_fusion``); otherwise LOAD V → LUT → STORE V.
 ``residual_add`` constants → RES_CONST; LOAD V a, LOAD V b → RESIDUAL_ADD → STORE V.
 ``take_rows`` / ``prepend_row``  no instructions: views of regions (:mod:`vit2hw.memplan`).
 ``patchify``    done by the host: the program's input is the patch matrix. The input
@@ -24,10 +26,10 @@ topological order) become instructions of :mod:`vit2hw.isa`:
                 either the image codes or the patches.
 =============== ==============================================================================
 
-Every GEMM-to-vector hand-over goes through external memory (STORE then LOAD): the
+Every other GEMM-to-vector hand-over goes through external memory (STORE then LOAD): the
 controller has no on-chip forwarding. Loads whose data is already resident in a
-scratchpad (same source, same lines, nothing written over them since) are skipped.
-Instructions run strictly in order; the cycle model and reports say so.
+scratchpad (same source, same lines, nothing written over them since) are skipped, and a
+GEMM's requantization parameters are loaded once when they all fit half of P.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from vit2hw.reorder import reorder
 from vit2hw.isa import (FIELDS, LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Assembler,
                         Geometry, GemmMode, Op, Program, Segment, Target, pack_records, pack_rows, unpack_rows)
 from vit2hw.memplan import MemoryPlan, Region, element_bytes
-from vit2hw.tiling import TileError, choose_blocking
+from vit2hw.tiling import TileError, choose_blocking, resident_param_lines
 
 __all__ = ["Placement", "ScheduledProgram", "GemmInfo", "schedule", "write_input", "read_output",
            "prepare_inputs", "TileError", "SOFTMAX_MODE_FIELD"]
@@ -244,6 +246,8 @@ class _Scheduler:
         self.node = ""
         self.regions: dict[str, Region] = {}
         self.transposed: dict[str, Region] = {}
+        self.fused: dict[str, Node] = {}              # linear node -> the lut node on its drain
+        self.skip: set[str] = set()                   # nodes computed inside another's instructions
         self.layers: list[str] = []
         self.gemms: dict[str, GemmInfo] = {}
         self._segments: list[tuple[int, bytes, str]] = []
@@ -349,8 +353,10 @@ class _Scheduler:
         return pack_records(PARAM_RECORD, total, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp))
 
     def gemm(self, what: str, a: _Matrix, b: _Matrix, k_beats: int, params: _Params, out: Region,
-             out_bits: int, mode: GemmMode, out_col0: int = 0, a_unsigned: bool = False) -> None:
-        """Emit the blocked GEMM ``out[:, out_col0:+b.rows] = requant(A @ Bᵀ)``."""
+             out_bits: int, mode: GemmMode, out_col0: int = 0, a_unsigned: bool = False,
+             lut_bits: int = 0) -> None:
+        """Emit the blocked GEMM ``out[:, out_col0:+b.rows] = requant(A @ Bᵀ)`` (then looked
+        up in LUT_TABLE when ``lut_bits``)."""
         g = self.g
         R, C, wb = g.rows, g.cols, g.bus_bytes
         m, n = a.rows, b.rows
@@ -369,6 +375,9 @@ class _Scheduler:
             blk, double = choose_blocking(g, m, n, k_beats, params.kind, what, self.lat), False
         mt, nt = _ceil(m, R), _ceil(n, C)
         lineb = C * RECORD_BYTES
+        # parameters that fit at once are loaded once (ahead of the blocks) and stay
+        whole_p = resident_param_lines(half if double else g, m, n, params.kind)
+        p_base = self.load_half(Target.P, params.addr, whole_p, 1, lineb, double) if whole_p else 0
         row_blocks = [(i * blk.tm * R, min(blk.tm * R, m - i * blk.tm * R)) for i in range(_ceil(mt, blk.tm))]
         col_blocks = [(j * blk.tn * C, min(blk.tn * C, n - j * blk.tn * C)) for j in range(_ceil(nt, blk.tn))]
         pairs = ([(rb, cb) for rb in row_blocks for cb in col_blocks] if blk.order == "rows"
@@ -382,7 +391,9 @@ class _Scheduler:
             # constants first: they may go ahead of the STOREs still pending from the previous
             # block or GEMM (whose array work they then overlap); an activation load goes after
             # the pending STOREs that write what it reads
-            if params.kind == "col":
+            if whole_p:
+                p_sp = p_base + (c0 // C if params.kind == "col" else r0)
+            elif params.kind == "col":
                 p_sp = self.load_half(Target.P, params.addr + (c0 // C) * lineb, tnb, 1, lineb, double)
             elif params.kind == "elem":
                 p_sp = self.load_half(Target.P, params.addr + r0 * params.line_stride + (c0 // C) * lineb,
@@ -404,7 +415,7 @@ class _Scheduler:
             if double:
                 self.halves.flip(Target.O)
             ext = out.addr + r0 * out.stride + (out_col0 + c0) * eb
-            common = dict(out_bits=out_bits, mode=mode, a_unsigned=a_unsigned, a_row_lines=lines,
+            common = dict(out_bits=out_bits, mode=mode, a_unsigned=a_unsigned, lut_bits=lut_bits, a_row_lines=lines,
                           b_row_lines=lines)
             stores = []
             if params.kind == "row":
@@ -481,6 +492,14 @@ class _Scheduler:
         self.gemms[node.name] = GemmInfo(node.name, node.op, rows * k * mcols, mode.name.lower(), False)
         if normal:
             wm = self.weight_rows(w.T, node.name + ".weight")
+            out, lut_bits = self.regions[y], 0
+            fused = self.fused.get(node.name)
+            if fused is not None:       # the table of the lookup that follows, applied on the drain
+                table = fused.consts["table"]
+                addr = self.const(pack_records(LUT_RECORD, len(table), value=table), fused.name + ".table",
+                                  "constants")
+                self.load_const(Target.LUT_TABLE, addr, len(table))
+                out, lut_bits = self.regions[fused.output], out_bits
             bias = c["bias"]
             if bias.ndim == 2:                       # per-token bias (position embedding folded in)
                 mt = _ceil(rows, self.g.rows)
@@ -492,7 +511,8 @@ class _Scheduler:
             else:
                 blob = self.param_lines(mcols, bias, c["m"], c["s"], ys.zero_point)
                 p = _Params("col", self.const(blob, node.name + ".params", "params"), 0)
-            self.gemm(node.name, self.act(x), wm, k, p, self.regions[y], out_bits, mode, a_unsigned=a_unsigned)
+            self.gemm(node.name, self.act(x), wm, k, p, out, out_bits, mode, a_unsigned=a_unsigned,
+                      lut_bits=lut_bits)
         if as_v:
             if c["bias"].ndim == 2:
                 self.unsupported(node, "a per-token bias on an attention V")
@@ -642,7 +662,26 @@ class _Scheduler:
             return yr, r0, n, lpr, v + n * lpr
         self.vector_loop(node, rows, lpr, 2, body)
 
+    def plan_fusion(self, order: list[Node]) -> None:
+        """Table lookups whose input is a linear layer's output and nothing else's run on that
+        GEMM's drain (one table copy per array column): the codes go from the requantizer
+        through the table into O, saving a STORE, a LOAD and the vector pass."""
+        for node in order:
+            if node.op != "lut":
+                continue
+            x = node.inputs[0]
+            prod = self.graph.producer(x)
+            xs = self.spec(x)
+            if (prod is None or prod.op != "linear" or x in self.graph.outputs or x in self.transposed
+                    or len(self.graph.consumers(x)) != 1 or not xs.signed or xs.bits > 8
+                    or self.spec(node.output).bits > 16):
+                continue
+            self.fused[prod.name] = node
+            self.skip.add(node.name)
+
     def do_lut(self, node: Node) -> None:
+        if node.name in self.skip:
+            return
         x, y = node.inputs[0], node.output
         xs, ys = self.spec(x), self.spec(y)
         rows, ch = self.rows_cols(xs)
@@ -694,6 +733,7 @@ class _Scheduler:
         order = self.graph.topological()
         self.plan_regions(order)
         self.plan_transposed(order)
+        self.plan_fusion(order)
         handlers = {"linear": self.do_linear, "matmul_qk": self.do_matmul_qk, "attn_v": self.do_attn_v,
                     "layernorm": self.do_layernorm, "softmax": self.do_softmax, "lut": self.do_lut,
                     "residual_add": self.do_residual_add, "prepend_row": self.do_prepend_row,

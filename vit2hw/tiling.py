@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from vit2hw.cyclemodel import REQUANT_LATENCY, fetch_cycles, tile_cycles
 from vit2hw.isa import Geometry, Target
 
-__all__ = ["TileError", "Blocking", "choose_blocking"]
+__all__ = ["TileError", "Blocking", "choose_blocking", "resident_param_lines"]
 
 
 class TileError(ValueError):
@@ -47,6 +47,14 @@ def _splits(total: int) -> list[int]:
     return sorted({_ceil(total, t) for t in range(1, total + 1)}, reverse=True)
 
 
+def resident_param_lines(g: Geometry, m: int, n: int, params: str) -> int:
+    """P lines of the whole GEMM when they fit ``g``'s P scratchpad at once (then they are
+    loaded once and every block reads its part), else 0. Only per-column and per-row
+    parameters qualify: per-element ones are laid out per block (``n_tiles`` of the block)."""
+    total = {"col": _ceil(n, g.cols), "row": _ceil(m, g.rows) * g.rows}.get(params, 0)
+    return total if 0 < total <= g.p_depth else 0
+
+
 def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what: str,
                     mem_latency: int = 1) -> Blocking:
     """Best blocking of an ``m × n`` GEMM of ``k_beats`` beats.
@@ -64,6 +72,8 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
     def load(words: int) -> int:
         return fetch + words + mem_latency
 
+    whole_p = resident_param_lines(g, m, n, params)
+
     best: tuple | None = None
     for tm in _splits(mt):
         a_lines = tm * lines
@@ -72,7 +82,7 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
         for tn in _splits(nt):
             if tn * lines > g.b_depth or tm * R * tn > g.o_depth:
                 continue
-            p_lines = {"col": tn, "elem": tm * R * tn, "row": tm * R}[params]
+            p_lines = whole_p or {"col": tn, "elem": tm * R * tn, "row": tm * R}[params]
             if p_lines > g.p_depth:
                 continue
             n_rb, n_cb = _ceil(mt, tm), _ceil(nt, tn)
@@ -91,7 +101,7 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
                 else:
                     b_loads = n_cb
                     a_loads = 1 if n_rb == 1 else blocks
-                p_loads = blocks if params == "elem" else b_loads
+                p_loads = 1 if whole_p else {"elem": blocks, "col": b_loads, "row": a_loads}[params]
                 est = a_loads * a_cost + b_loads * b_cost + p_loads * p_cost + blocks * gemm
                 key = (est, -tm * tn, order != "rows")
                 if best is None or key < best[0]:
