@@ -230,11 +230,27 @@ class GemmEngine(wiring.Component):
         cur_n = Signal(24)
         m.d.comb += cur_n.eq(Mux(ra.drain_valid & (ra.drain_row != R - 1) & ~self.go, o_ptr_n,
                                  d_rowoff_n + d_j_n))
-        m.d.comb += self.p_rd.addr.eq(cfg.p_addr + Mux(cfg.bias_per_row, cur_n, d_j_n))
+        # row_params: rows leave in order 0, 1, 2, ... (one column tile), row r taking record
+        # r % C of P line r // C; (rp_line, rp_rec) is the next row to leave
+        rp_line, rp_line_n = Signal(24), Signal(24)
+        rp_rec, rp_rec_n = Signal(range(C)), Signal(range(C))
+        m.d.comb += [rp_line_n.eq(rp_line), rp_rec_n.eq(rp_rec)]
+        m.d.sync += [rp_line.eq(rp_line_n), rp_rec.eq(rp_rec_n)]
+        with m.If(self.go):
+            m.d.comb += [rp_line_n.eq(0), rp_rec_n.eq(0)]
+        with m.Elif(ra.drain_valid):
+            with m.If(rp_rec == C - 1):
+                m.d.comb += [rp_rec_n.eq(0), rp_line_n.eq(rp_line + 1)]
+            with m.Else():
+                m.d.comb += rp_rec_n.eq(rp_rec + 1)
+        m.d.comb += self.p_rd.addr.eq(cfg.p_addr + Mux(cfg.row_params, rp_line_n,
+                                                       Mux(cfg.bias_per_row, cur_n, d_j_n)))
         rec_bits = RECORD_BYTES * 8
         prm = self.p_rd.data[0]
+        row_rec = Signal(rec_bits)
+        m.d.comb += row_rec.eq(prm.word_select(rp_rec, rec_bits))
         for c in range(C):
-            rec = prm[c * rec_bits:(c + 1) * rec_bits]
+            rec = Mux(cfg.row_params, row_rec, prm[c * rec_bits:(c + 1) * rec_bits])
             col = ra.params.col[c]
             m.d.comb += [col.bias.eq(rec[0:32]), col.m.eq(rec[32:48]), col.s.eq(rec[48:54]),
                          col.zp.eq(rec[64:80])]

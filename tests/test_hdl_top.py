@@ -72,13 +72,15 @@ def _param_lines(g: Geometry, n: int, bias, m, s, zp) -> tuple[bytes, int]:
 
 
 def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm",
-              out_ebytes: int = 1, bias_per_row: bool = False, lut_bits: int = 0) -> Case:
+              out_ebytes: int = 1, bias_per_row: bool = False, lut_bits: int = 0,
+              row_params: bool = False) -> Case:
     """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it.
 
     ``out_ebytes`` 1/2 requantizes to int8/int16; 4 is the bypass (raw int32 ``acc + bias``).
     ``bias_per_row`` uses one bias per output element (P line per row and column tile).
     ``lut_bits``: requantize to that many bits and look every code up in a GELU table
-    (loaded into LUT_TABLE) on the way into O; the int16 values are stored."""
+    (loaded into LUT_TABLE) on the way into O; the int16 values are stored.
+    ``row_params``: one requantization record per output row (``n`` ≤ cols), ``cols`` to a P line."""
     g = Geometry.from_config(cfg)
     asm, mem = Assembler(g), Layout()
     wb = g.bus_bytes
@@ -108,9 +110,13 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     out_bits = lut_bits or 8 * out_ebytes
     scale = max(1, int(np.abs(acc).max()))
     target = 100.0 if out_ebytes == 1 else 20000.0
-    mult, shift = I.choose_multiplier(np.full(n, target / scale) * rng.uniform(0.5, 1.5, n), max_shift=40)
-    zp = rng.integers(-3, 4, n)
-    if out_ebytes == 4:
+    per = mt * g.rows if row_params else n
+    mult, shift = I.choose_multiplier(np.full(per, target / scale) * rng.uniform(0.5, 1.5, per), max_shift=40)
+    zp = rng.integers(-3, 4, per)
+    if row_params:
+        bias = rng.integers(-5000, 5000, per)
+        want = I.requantize(acc, mult[:m, None], shift[:m, None], out_bits, True, zp[:m, None], bias[:m, None])
+    elif out_ebytes == 4:
         want = acc + bias[:m]if bias_per_row else acc + bias
     else:
         want = I.requantize(acc, mult, shift, out_bits, True, zp, bias[:m] if bias_per_row else bias)
@@ -128,7 +134,10 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     asm.data(xa, pack_rows(a_bytes, 1, lines * wb), "x")
     wa = mem.take(n * lines * wb)
     asm.data(wa, pack_rows(w_bytes, 1, lines * wb), "w")
-    if bias_per_row:
+    if row_params:
+        p_lines = _ceil(per, g.cols)
+        params = _param_lines(g, per, bias, mult, shift, zp)[0]
+    elif bias_per_row:
         params = b"".join(_param_lines(g, n, row, mult, shift, zp)[0] for row in bias)
         p_lines = mt * g.rows * nt
     else:
@@ -142,7 +151,7 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     asm.load(Target.B, wa, n, lines, 0)
     asm.load(Target.P, pa, p_lines, 1, 0)
     asm.gemm(m, n, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=min(out_bits, 32), mode=mode,
-             bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits)
+             bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits, row_params=row_params)
     asm.store(Target.O, ya, m, nt, 0, row_elems=n, ebytes=out_ebytes)
     case = Case(name, asm.end())
     case.expect("Y", ya, want, out_ebytes, out_row)
@@ -351,14 +360,29 @@ def _more_cases(rng) -> list[Case]:
             gemm_case(SMALL, rng, 6, 8, 5, name="bias_per_row", bias_per_row=True),
             lut_case(SMALL, rng, 2, 10), residual_case(SMALL, rng, 3, 8),
             gemm_case(SMALL, rng, 6, 9, 7, name="gemm_gelu8", out_ebytes=2, lut_bits=8),
-            gemm_case(SMALL, rng, 5, 6, 4, name="gemm_table4", out_ebytes=2, lut_bits=4)]
+            gemm_case(SMALL, rng, 5, 6, 4, name="gemm_table4", out_ebytes=2, lut_bits=4),
+            gemm_case(SMALL, rng, 11, 7, 3, name="row_params", row_params=True)]
 
 
 def test_top_more_ops_slow_memory(tmp_path):
-    """Packed int4, K < rows, int16 and int32 (bypass) outputs, per-element bias, LUT, residual
-    add and GEMMs with a fused 8-bit / 4-bit table lookup are bit-exact with a 3-cycle memory,
+    """Packed int4, K < rows, int16 and int32 (bypass) outputs, per-element bias, per-row
+    parameters (12 rows over 3 P lines), LUT, residual add and GEMMs with a fused 8-bit / 4-bit
+    table lookup are bit-exact with a 3-cycle memory,
     and the cycle model still matches exactly."""
     _run(tmp_path, SMALL, _more_cases(np.random.default_rng(9)), latency=3)
+
+
+def test_top_row_params_cross_p_lines_inside_a_tile(tmp_path):
+    """Per-row parameters on a 6x4 array: a tile's rows span two P lines (4 records each) and
+    drain on consecutive cycles, so every row must pick the next line's record the cycle it
+    changes; also a plain GEMM and a fused table on the non-square array, cycles exact."""
+    rect = AcceleratorConfig(name="rect6x4", rows=6, cols=4, vector_lanes=4, act_buf_bytes=6 * 4 * 64,
+                             weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
+                             max_tokens=32, max_channels=32)
+    rng = np.random.default_rng(17)
+    _run(tmp_path, rect, [gemm_case(rect, rng, 11, 7, 3, name="row_params", row_params=True),
+                          gemm_case(rect, rng, 13, 9, 6),
+                          gemm_case(rect, rng, 7, 5, 4, name="gemm_gelu8", out_ebytes=2, lut_bits=8)])
 
 
 def test_top_back_pressure(tmp_path):

@@ -75,7 +75,8 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
         if mt == 0 or nt == 0 or ins["k_beats"] == 0:
             return [], []
         out_lines = mt * g.rows * nt
-        p_lines = out_lines if ins["bias_per_row"] else nt
+        p_lines = (_ceil(mt * g.rows, g.cols) if ins["row_params"] else
+                   out_lines if ins["bias_per_row"] else nt)
         reads = [Span("A", ins["a_addr"], ins["a_addr"] + mt * ins["a_row_lines"]),
                  Span("B", ins["b_addr"], ins["b_addr"] + nt * ins["b_row_lines"]),
                  Span("P", ins["p_addr"], ins["p_addr"] + p_lines)]

@@ -149,7 +149,9 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
               "a_addr:u24", "a_row_lines:u16", "b_addr:u24", "b_row_lines:u16",
               "o_addr:u24", "p_addr:u24",
               # appended (bit 196): zero in words written before, which then mean "no table"
-              "lut:u1", "lut_bits:u4"),
+              "lut:u1", "lut_bits:u4",
+              # appended (bit 201): one PARAM_RECORD per output row, ``cols`` to a P line
+              "row_params:u1"),
     Op.LAYERNORM: ("src:u24", "dst:u24", "rows:u16", "channels:u16", "out_bits:u6", "out_zp:s16"),
     # ``mode`` was appended (bit 88) so that words written before it decode as log2 softmax
     Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16", "mode:u1"),
@@ -565,11 +567,15 @@ class Assembler:
              out_bits: int = 8, out_signed: bool = True, mode: GemmMode = GemmMode.MUL8,
              a_unsigned: bool = False, bypass: bool = False, bias_per_row: bool = False,
              a_row_lines: int | None = None, b_row_lines: int | None = None,
-             lut_bits: int = 0) -> Instruction:
+             lut_bits: int = 0, row_params: bool = False) -> Instruction:
         """``Y[m, n] = requant(A[m, k] @ B[k, n])`` tiled over the array; O line of (row i, tile j)
         is ``o_addr + i * n_tiles + j``. ``lut_bits`` > 0: every requantized ``lut_bits``-bit
-        code is then looked up in LUT_TABLE (``intops.apply_lut``) on its way into O."""
+        code is then looked up in LUT_TABLE (``intops.apply_lut``) on its way into O.
+        ``row_params``: output row ``r`` uses record ``r % cols`` of P line ``p_addr + r // cols``
+        in every column (per-row requantization; one column tile)."""
         g = self.g
+        if row_params and (bias_per_row or -(-n // g.cols) != 1):
+            raise ProgramError("GEMM row_params needs a single column tile and no bias_per_row")
         if lut_bits and (bypass or out_bits != lut_bits or not out_signed or lut_bits > 8):
             raise ProgramError(f"GEMM table lookup needs signed requantized outputs of its {lut_bits} "
                                f"input bits (<= 8), got out_bits={out_bits} signed={out_signed} bypass={bypass}")
@@ -582,7 +588,8 @@ class Assembler:
                          m_tiles=mt, n_tiles=nt, k_beats=k_beats,
                          a_addr=a_addr, a_row_lines=lines if a_row_lines is None else a_row_lines,
                          b_addr=b_addr, b_row_lines=lines if b_row_lines is None else b_row_lines,
-                         o_addr=o_addr, p_addr=p_addr, lut=int(lut_bits > 0), lut_bits=lut_bits)
+                         o_addr=o_addr, p_addr=p_addr, lut=int(lut_bits > 0), lut_bits=lut_bits,
+                         row_params=int(row_params))
 
     def layernorm(self, src: int, dst: int, rows: int, channels: int, out_bits: int,
                   out_zp: int = 0) -> Instruction:

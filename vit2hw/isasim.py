@@ -196,13 +196,20 @@ def _gemm(st: MachineState, ins: Instruction) -> None:
     lines = ins["o_addr"] + m_idx[:, None] * nt + np.arange(nt)[None, :]          # [M, nt]
     if lines.max() >= g.o_depth:
         raise IsaSimError(f"GEMM writes O line {int(lines.max())} beyond depth {g.o_depth}")
-    if ins["bias_per_row"]:
+    if ins["row_params"]:
+        if nt != 1:
+            raise IsaSimError("GEMM row_params with more than one column tile")
+        p_lines = ins["p_addr"] + m_idx // C
+    elif ins["bias_per_row"]:
         p_lines = ins["p_addr"] + m_idx[:, None] * nt + np.arange(nt)[None, :]
     else:
         p_lines = np.broadcast_to(ins["p_addr"] + np.arange(nt)[None, :], (mt * R, nt))
     if p_lines.max() >= g.p_depth:
         raise IsaSimError(f"GEMM reads P line {int(p_lines.max())} beyond depth {g.p_depth}")
-    rec = st.p[p_lines].reshape(mt * R, nt * C)                                     # per output element
+    if ins["row_params"]:                                                            # the row's record, every column
+        rec = np.repeat(st.p[p_lines, m_idx % C][:, None], C, axis=1)
+    else:
+        rec = st.p[p_lines].reshape(mt * R, nt * C)                                 # per output element
     acc_b = acc + rec["bias"].astype(np.int64)
     if ins["bypass"]:
         y = I.check_range(acc_b, 32, True, "GEMM bypass output")

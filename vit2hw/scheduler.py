@@ -9,7 +9,8 @@ topological order) become instructions of :mod:`vit2hw.isa`:
                 4-bit Shift-Log2 inputs). The patch embedding's per-token bias uses one
                 record per output element (``bias_per_row``).
                 A linear whose output is the V of an attention is computed *transposed*
-                (Vᵀ = Wᵀ·Xᵀ: A = weight rows, B = token rows, one record per output row),
+                (Vᵀ = Wᵀ·Xᵀ: A = weight rows, B = token rows, one record per output row,
+                ``C`` records to a P line: GEMM ``row_params``),
                 because P·V needs Vᵀ rows (K contiguous) in B and there is no transpose DMA.
 ``matmul_qk``   one GEMM per head: A = q head slice, B = k head slice (strided loads), int16.
 ``softmax``     V-unit rows: LOAD V (int16 scores) → SOFTMAX → STORE V (codes / probabilities).
@@ -188,7 +189,7 @@ class _Matrix:
 
 @dataclass(frozen=True)
 class _Params:
-    kind: str       # "col", "elem", "row"
+    kind: str       # "col", "elem", "row", "rowrec" (see tiling.choose_blocking)
     addr: int
     line_stride: int  # bytes between consecutive row groups ("elem": one output row's lines)
 
@@ -352,6 +353,17 @@ class _Scheduler:
                                         np.zeros(total - ncols, np.int64)])
         return pack_records(PARAM_RECORD, total, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp))
 
+    def blocking(self, m: int, n: int, k_beats: int, kind: str, what: str):
+        """``(blocking, double buffered, geometry it was chosen on)``: double buffering (each
+        scratchpad as two halves) when a tile fits a half, else the whole scratchpads."""
+        g = self.g
+        half = dataclasses.replace(g, a_depth=g.a_depth // 2, b_depth=g.b_depth // 2, o_depth=g.o_depth // 2,
+                                   p_depth=g.p_depth // 2)
+        try:
+            return choose_blocking(half, m, n, k_beats, kind, what, self.lat), True, half
+        except TileError:
+            return choose_blocking(g, m, n, k_beats, kind, what, self.lat), False, g
+
     def gemm(self, what: str, a: _Matrix, b: _Matrix, k_beats: int, params: _Params, out: Region,
              out_bits: int, mode: GemmMode, out_col0: int = 0, a_unsigned: bool = False,
              lut_bits: int = 0) -> None:
@@ -367,16 +379,11 @@ class _Scheduler:
         if (out.addr + out_col0 * eb) % wb:
             raise TileError(f"{what}: output column {out_col0} is not bus-word aligned")
         lines = _ceil(k_beats, wb)
-        half = dataclasses.replace(g, a_depth=g.a_depth // 2, b_depth=g.b_depth // 2, o_depth=g.o_depth // 2,
-                                   p_depth=g.p_depth // 2)
-        try:
-            blk, double = choose_blocking(half, m, n, k_beats, params.kind, what, self.lat), True
-        except TileError:
-            blk, double = choose_blocking(g, m, n, k_beats, params.kind, what, self.lat), False
+        blk, double, used = self.blocking(m, n, k_beats, params.kind, what)
         mt, nt = _ceil(m, R), _ceil(n, C)
         lineb = C * RECORD_BYTES
         # parameters that fit at once are loaded once (ahead of the blocks) and stay
-        whole_p = resident_param_lines(half if double else g, m, n, params.kind)
+        whole_p = resident_param_lines(used, m, n, params.kind)
         p_base = self.load_half(Target.P, params.addr, whole_p, 1, lineb, double) if whole_p else 0
         row_blocks = [(i * blk.tm * R, min(blk.tm * R, m - i * blk.tm * R)) for i in range(_ceil(mt, blk.tm))]
         col_blocks = [(j * blk.tn * C, min(blk.tn * C, n - j * blk.tn * C)) for j in range(_ceil(nt, blk.tn))]
@@ -392,7 +399,10 @@ class _Scheduler:
             # block or GEMM (whose array work they then overlap); an activation load goes after
             # the pending STOREs that write what it reads
             if whole_p:
-                p_sp = p_base + (c0 // C if params.kind == "col" else r0)
+                p_sp = p_base + {"col": c0 // C, "row": r0, "rowrec": r0 // C}[params.kind]
+            elif params.kind == "rowrec":
+                p_sp = self.load_half(Target.P, params.addr + (r0 // C) * lineb, _ceil(tmb * R, C), 1, lineb,
+                                      double)
             elif params.kind == "col":
                 p_sp = self.load_half(Target.P, params.addr + (c0 // C) * lineb, tnb, 1, lineb, double)
             elif params.kind == "elem":
@@ -418,11 +428,12 @@ class _Scheduler:
             common = dict(out_bits=out_bits, mode=mode, a_unsigned=a_unsigned, lut_bits=lut_bits, a_row_lines=lines,
                           b_row_lines=lines)
             stores = []
-            if params.kind == "row":
+            if params.kind in ("row", "rowrec"):
                 for jl in range(tnb):
                     tcols = min(C, cols - jl * C)
                     self.asm.gemm(rows, tcols, k_beats, a_addr=a_sp, b_addr=b_sp + jl * lines,
-                                  o_addr=o_sp + jl * tmb * R, p_addr=p_sp, bias_per_row=True, **common)
+                                  o_addr=o_sp + jl * tmb * R, p_addr=p_sp, bias_per_row=params.kind == "row",
+                                  row_params=params.kind == "rowrec", **common)
                     stores.append(dict(target=Target.O, ext_addr=ext + jl * C * eb, rows=rows, row_lines=1,
                                        spad_addr=o_sp + jl * tmb * R, row_elems=tcols, ext_stride=out.stride,
                                        ebytes=eb))
@@ -523,9 +534,15 @@ class _Scheduler:
             pad = lambda v: np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (mcols,)),
                                             np.zeros(mpad - mcols, np.int64)])
             bias, mm, ss, zp = pad(c["bias"]), pad(c["m"]), pad(c["s"]), pad(ys.zero_point)
-            blob = b"".join(pack_records(PARAM_RECORD, self.g.cols, bias=bias[i], m=mm[i], s=ss[i], zp=zp[i])
-                            for i in range(mpad))
-            p = _Params("row", self.const(blob, node.name + ".params_t", "params"), 0)
+            try:        # one record per output row, C to a P line, when a blocking allows it
+                self.blocking(mcols, rows, k, "rowrec", node.name)
+                blob = self.param_lines(mpad, bias, mm, ss, zp)
+                kind = "rowrec"
+            except TileError:
+                blob = b"".join(pack_records(PARAM_RECORD, self.g.cols, bias=bias[i], m=mm[i], s=ss[i], zp=zp[i])
+                                for i in range(mpad))
+                kind = "row"
+            p = _Params(kind, self.const(blob, node.name + ".params_t", "params"), 0)
             self.gemm(node.name + " (transposed)", wa, self.act(x), k, p, self.transposed[y], out_bits, mode)
 
     def do_matmul_qk(self, node: Node) -> None:

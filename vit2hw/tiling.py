@@ -51,7 +51,8 @@ def resident_param_lines(g: Geometry, m: int, n: int, params: str) -> int:
     """P lines of the whole GEMM when they fit ``g``'s P scratchpad at once (then they are
     loaded once and every block reads its part), else 0. Only per-column and per-row
     parameters qualify: per-element ones are laid out per block (``n_tiles`` of the block)."""
-    total = {"col": _ceil(n, g.cols), "row": _ceil(m, g.rows) * g.rows}.get(params, 0)
+    total = {"col": _ceil(n, g.cols), "row": _ceil(m, g.rows) * g.rows,
+             "rowrec": _ceil(_ceil(m, g.rows) * g.rows, g.cols)}.get(params, 0)
     return total if 0 < total <= g.p_depth else 0
 
 
@@ -60,7 +61,9 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
     """Best blocking of an ``m × n`` GEMM of ``k_beats`` beats.
 
     ``params`` is ``"col"`` (one P line per column tile), ``"elem"`` (one P line per output
-    row and column tile) or ``"row"`` (one P line per output row; one GEMM per column tile).
+    row and column tile), ``"row"`` (one P line per output row; one GEMM per column tile) or
+    ``"rowrec"`` (one record per output row, ``C`` to a P line, so a row block must start on a
+    line: ``tm·R`` a multiple of ``C`` unless one block holds every row).
     Raises :class:`TileError` ("buffers too small for a tile: ...") when nothing fits.
     """
     R, C = g.rows, g.cols
@@ -82,14 +85,17 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
         for tn in _splits(nt):
             if tn * lines > g.b_depth or tm * R * tn > g.o_depth:
                 continue
-            p_lines = whole_p or {"col": tn, "elem": tm * R * tn, "row": tm * R}[params]
+            if params == "rowrec" and tm < mt and (tm * R) % C:
+                continue
+            p_lines = whole_p or {"col": tn, "elem": tm * R * tn, "row": tm * R,
+                                  "rowrec": _ceil(tm * R, C)}[params]
             if p_lines > g.p_depth:
                 continue
             n_rb, n_cb = _ceil(mt, tm), _ceil(nt, tn)
             a_cost = load(min(tm * R, m) * lines)
             b_cost = load(min(tn * C, n) * lines)
             p_cost = load(p_lines * wp)
-            if params == "row":
+            if params in ("row", "rowrec"):
                 gemm = tn * (fetch + tile_cycles(R, C, k_beats, tm) + REQUANT_LATENCY) + tn * fetch
             else:
                 gemm = fetch + tile_cycles(R, C, k_beats, tm * tn) + REQUANT_LATENCY + fetch
@@ -101,7 +107,8 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
                 else:
                     b_loads = n_cb
                     a_loads = 1 if n_rb == 1 else blocks
-                p_loads = 1 if whole_p else {"elem": blocks, "col": b_loads, "row": a_loads}[params]
+                p_loads = 1 if whole_p else {"elem": blocks, "col": b_loads, "row": a_loads,
+                                             "rowrec": a_loads}[params]
                 est = a_loads * a_cost + b_loads * b_cost + p_loads * p_cost + blocks * gemm
                 key = (est, -tm * tn, order != "rows")
                 if best is None or key < best[0]:
