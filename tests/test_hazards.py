@@ -89,3 +89,20 @@ def test_timeline_overlaps_independent_engines_and_serializes_dependent_ones():
     dep = cm.timeline(b.end(), G)
     assert dep.issue[1] >= dep.finish[0]
     assert sum(dep.makespan_shares()) == dep.total
+
+
+def test_table_and_row_parameter_reads_of_a_gemm():
+    """A GEMM with a fused table lookup reads LUT_TABLE: a LOAD of a new table waits for it,
+    while a plain GEMM leaves the table free. With row_params the GEMM reads one P line per
+    `cols` output rows, so a LOAD into the P line after those waits for nothing."""
+    def prog(asm):
+        asm.gemm(4, 4, 8, a_addr=0, b_addr=0, o_addr=0, p_addr=0, lut_bits=8)
+        asm.load_const(Target.LUT_TABLE, 0x800, 256)                        # WAR on the table: waits
+        asm.gemm(4, 4, 8, a_addr=0, b_addr=0, o_addr=4, p_addr=0)
+        asm.load_const(Target.LUT_TABLE, 0x900, 256)                        # plain GEMM: no wait
+    assert _waits(prog) == [0, GEMM, 0, 0, 0]
+    gemm = Instruction.make(Op.GEMM, m_tiles=3, n_tiles=1, k_beats=8, p_addr=5, row_params=1)
+    reads, _ = accesses(gemm, G)
+    assert [(s.space, s.lo, s.hi) for s in reads if s.space == "P"] == [("P", 5, 8)]   # 12 rows / 4 per line
+    lut = Instruction.make(Op.GEMM, m_tiles=1, n_tiles=1, k_beats=8, lut=1, lut_bits=4)
+    assert ("LUT_TABLE", 0, 16) in [(s.space, s.lo, s.hi) for s in accesses(lut, G)[0]]
