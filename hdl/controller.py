@@ -27,6 +27,7 @@ from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYT
                         Geometry, Op, engine_of)
 
 from .dma import ADDR_BITS
+from .forward import MoveUnit
 from .layernorm import LayerNormUnit
 from .requant import REQUANT_LATENCY, RequantizedArray
 from .scratchpad import read_port_signature, write_port_signature
@@ -308,6 +309,7 @@ class VectorEngine(wiring.Component):
             "ln_const": In(const_write_signature(ceil_log2(max_ch), self.ln.const_layout)),
             "res_const": In(const_write_signature(ceil_log2(max_ch), self.vu.const_layout)),
             "lut_wr": In(const_write_signature(8, signed(16))),
+            "o_rd": Out(read_port_signature(g.cols * 32, g.o_depth, 1)),
         })
 
     def elaborate(self, platform):
@@ -315,6 +317,15 @@ class VectorEngine(wiring.Component):
         g = self.g
         L = g.lanes
         m.submodules.ln, m.submodules.sm, m.submodules.vu = ln, sm, vu = self.ln, self.sm, self.vu
+        # MOVE (O → V) exists when an O line is whole V lines
+        mv = None
+        if g.cols % L == 0:
+            m.submodules.mv = mv = MoveUnit(g.cols, L, g.o_depth)
+            wiring.connect(m, mv.o_rd, wiring.flipped(self.o_rd))
+            v_mv = view(self.instr, Op.MOVE)
+            m.d.comb += [mv.start.eq(self.go & (self.instr[:OPCODE_BITS] == Op.MOVE)), mv.src.eq(v_mv.src),
+                         mv.rows.eq(v_mv.rows), mv.src_row_lines.eq(v_mv.src_row_lines),
+                         mv.dst_row_lines.eq(v_mv.dst_row_lines)]
         wiring.connect(m, wiring.flipped(self.ln_const), ln.const_wr)
         wiring.connect(m, wiring.flipped(self.res_const), vu.const_wr)
         wiring.connect(m, wiring.flipped(self.lut_wr), vu.lut_wr)
@@ -337,9 +348,10 @@ class VectorEngine(wiring.Component):
         ]
 
         running = Signal()
-        unit = Signal(2)  # 0 LN, 1 softmax, 2 vector unit
+        unit = Signal(2)  # 0 LN, 1 softmax, 2 vector unit, 3 MOVE
         pa, pb, pw = Signal(24), Signal(24), Signal(24)
-        unit_busy = Mux(unit == 0, ln.busy, Mux(unit == 1, sm.busy, vu.busy))
+        mv_busy, mv_valid = (mv.busy, mv.valid) if mv is not None else (0, 0)
+        unit_busy = Mux(unit == 0, ln.busy, Mux(unit == 1, sm.busy, Mux(unit == 2, vu.busy, mv_busy)))
         m.d.comb += self.busy.eq(running)
         # the V reads are synchronous: address the line of the next cycle (pa_n, pb_n)
         pa_n, pb_n = Signal(24), Signal(24)
@@ -347,7 +359,7 @@ class VectorEngine(wiring.Component):
         m.d.sync += [pa.eq(pa_n), pb.eq(pb_n)]
         with m.If(self.go):
             m.d.sync += [running.eq(1),
-                         unit.eq(Mux(op == Op.LAYERNORM, 0, Mux(op == Op.SOFTMAX, 1, 2))),
+                         unit.eq(Mux(op == Op.LAYERNORM, 0, Mux(op == Op.SOFTMAX, 1, Mux(op == Op.MOVE, 3, 2)))),
                          pw.eq(Mux(op == Op.RESIDUAL_ADD, v_res.dst, v_ln.dst))]
             m.d.comb += [pa_n.eq(Mux(op == Op.RESIDUAL_ADD, v_res.src_a, v_ln.src)), pb_n.eq(v_res.src_b)]
         with m.Elif(running & ~unit_busy):
@@ -370,10 +382,12 @@ class VectorEngine(wiring.Component):
         m.d.comb += [ln.o.ready.eq(1), sm.o.ready.eq(1), vu.o.ready.eq(1)]
         out = Signal(L * 32)
         for l in range(L):
+            moved = mv.data[l * 32:(l + 1) * 32] if mv is not None else 0
             m.d.comb += out[l * 32:(l + 1) * 32].eq(
                 Mux(unit == 0, ln.o.payload[l].as_signed(),
-                    Mux(unit == 1, sm.o.payload[l].as_unsigned(), vu.o.payload[l].as_signed())))
-        fire_out = Mux(unit == 0, ln.o.valid, Mux(unit == 1, sm.o.valid, vu.o.valid))
+                    Mux(unit == 1, sm.o.payload[l].as_unsigned(),
+                        Mux(unit == 2, vu.o.payload[l].as_signed(), moved))))
+        fire_out = Mux(unit == 0, ln.o.valid, Mux(unit == 1, sm.o.valid, Mux(unit == 2, vu.o.valid, mv_valid)))
         m.d.comb += [self.vw.en.eq(running & fire_out), self.vw.addr.eq(pw), self.vw.data.eq(out)]
         with m.If(self.vw.en & ~self.go):
             m.d.sync += pw.eq(pw + 1)

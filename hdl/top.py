@@ -53,7 +53,8 @@ class Accelerator(wiring.Component):
 
         m.submodules.spad_a = sa = Scratchpad(wbits, g.a_depth, g.rows, 1)
         m.submodules.spad_b = sb = Scratchpad(wbits, g.b_depth, g.cols, 1)
-        m.submodules.spad_o = so = Scratchpad(g.cols * 32, g.o_depth, 1, 1)
+        # O: read by STORE and by the vector engine's MOVE (forwarding GEMM results into V)
+        m.submodules.spad_o = so = Scratchpad(g.cols * 32, g.o_depth, 1, 2)
         m.submodules.spad_v = sv = SplitScratchpad(g.lanes * 32, g.v_depth, 3)
         m.submodules.spad_p = sp = Scratchpad(g.cols * rec, g.p_depth, 1, 1)
 
@@ -141,5 +142,6 @@ class Accelerator(wiring.Component):
         wiring.connect(m, vec.va, sv.rd0)
         wiring.connect(m, vec.vb, sv.rd1)
         wiring.connect(m, store.o_rd, so.rd0)
+        wiring.connect(m, vec.o_rd, so.rd1)
         wiring.connect(m, store.v_rd, sv.rd2)
         return m

@@ -73,14 +73,16 @@ def _param_lines(g: Geometry, n: int, bias, m, s, zp) -> tuple[bytes, int]:
 
 def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm",
               out_ebytes: int = 1, bias_per_row: bool = False, lut_bits: int = 0,
-              row_params: bool = False) -> Case:
+              row_params: bool = False, forward_softmax: bool = False) -> Case:
     """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it.
 
     ``out_ebytes`` 1/2 requantizes to int8/int16; 4 is the bypass (raw int32 ``acc + bias``).
     ``bias_per_row`` uses one bias per output element (P line per row and column tile).
     ``lut_bits``: requantize to that many bits and look every code up in a GELU table
     (loaded into LUT_TABLE) on the way into O; the int16 values are stored.
-    ``row_params``: one requantization record per output row (``n`` ≤ cols), ``cols`` to a P line."""
+    ``row_params``: one requantization record per output row (``n`` ≤ cols), ``cols`` to a P line.
+    ``forward_softmax``: int16 scores MOVEd from O into V (no STORE/LOAD), log2 softmax there;
+    both the moved scores and the codes are stored and checked."""
     g = Geometry.from_config(cfg)
     asm, mem = Assembler(g), Layout()
     wb = g.bus_bytes
@@ -152,6 +154,19 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     asm.load(Target.P, pa, p_lines, 1, 0)
     asm.gemm(m, n, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=min(out_bits, 32), mode=mode,
              bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits, row_params=row_params)
+    if forward_softmax:
+        lpr = _ceil(n, g.lanes)
+        v_row = lpr * g.words_per_line(Target.V, 2) * wb
+        c_row = lpr * g.words_per_line(Target.V, 1) * wb
+        ca = mem.take(m * c_row)
+        asm.move(0, 0, m, nt, lpr)
+        asm.softmax(0, m * lpr, m, n)
+        asm.store(Target.V, ya, m, lpr, 0, row_elems=n, ebytes=2)
+        asm.store(Target.V, ca, m, lpr, m * lpr, row_elems=n, ebytes=1)
+        case = Case(name, asm.end())
+        case.expect("moved", ya, want, 2, v_row)
+        case.expect("codes", ca, I.log_int_softmax(want), 1, c_row, signed=False)
+        return case
     asm.store(Target.O, ya, m, nt, 0, row_elems=n, ebytes=out_ebytes)
     case = Case(name, asm.end())
     case.expect("Y", ya, want, out_ebytes, out_row)
@@ -383,6 +398,21 @@ def test_top_row_params_cross_p_lines_inside_a_tile(tmp_path):
     _run(tmp_path, rect, [gemm_case(rect, rng, 11, 7, 3, name="row_params", row_params=True),
                           gemm_case(rect, rng, 13, 9, 6),
                           gemm_case(rect, rng, 7, 5, 4, name="gemm_gelu8", out_ebytes=2, lut_bits=8)])
+
+
+def test_top_scores_forwarded_to_softmax(tmp_path):
+    """MOVE: int16 scores go from O into V on chip (rows of 13 and 9 scores, padding lanes
+    dropped) and the softmax runs on them there; moved values and codes are bit-exact and the
+    cycles equal the model. On 6x8 with 4 lanes an O line is two V lines (lane groups
+    alternate); on 4x4 with 4 lanes one."""
+    rect = AcceleratorConfig(name="rect6x8", rows=6, cols=8, vector_lanes=4, act_buf_bytes=6 * 4 * 64,
+                             weight_buf_bytes=8 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
+                             max_tokens=32, max_channels=32)
+    rng = np.random.default_rng(23)
+    _run(tmp_path / "rect", rect, [gemm_case(rect, rng, 7, 10, 13, name="scores_move", out_ebytes=2,
+                                             forward_softmax=True)])
+    _run(tmp_path / "small", SMALL, [gemm_case(SMALL, rng, 6, 8, 9, name="scores_move", out_ebytes=2,
+                                               forward_softmax=True)], latency=3)
 
 
 def test_top_back_pressure(tmp_path):

@@ -102,7 +102,8 @@ def test_layer_attribution(digits_log2):
     instrs = sp.program.instructions
     assert len(sp.per_instr_layer) == len(instrs) and instrs[-1].op == Op.END
     allowed = {Op.GEMM: {"linear", "matmul_qk", "attn_v"}, Op.LAYERNORM: {"layernorm"},
-               Op.SOFTMAX: {"softmax"}, Op.LUT: {"lut"}, Op.RESIDUAL_ADD: {"residual_add"}}
+               Op.SOFTMAX: {"softmax"}, Op.LUT: {"lut"}, Op.RESIDUAL_ADD: {"residual_add"},
+               Op.MOVE: {"softmax"}}
     for ins, name in zip(instrs, sp.per_instr_layer):
         assert name in g.nodes, name
         if ins.op in allowed:

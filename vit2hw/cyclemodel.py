@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from vit2hw.isa import INSTR_BYTES, Engine, Geometry, GemmMode, Instruction, Op, Program, SoftmaxMode, engine_of
 
 __all__ = [
-    "REQUANT_LATENCY", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",
+    "REQUANT_LATENCY", "move_cycles", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",
     "vector_cycles", "fetch_cycles", "engine_cycles", "instruction_cycles", "program_cycles", "Timeline",
     "timeline", "Sequencer", "DEFAULT_MEM_LATENCY",
 ]
@@ -44,6 +44,8 @@ _SM_CODE_PIPELINE_DEPTH = 2
 #: uniform-mode reciprocal: one quotient bit per cycle (hdl.softmax.SM_RECIP_CYCLES)
 _SM_RECIP_CYCLES = (PROB_MAX << (PROB_RECIP_SHIFT - EXP_FRAC)).bit_length()
 _VECTOR_PIPELINE_DEPTH = 4
+#: MOVE: the synchronous O read ahead of the first beat
+_MOVE_READ_LATENCY = 1
 
 
 def tile_cycles(rows: int, cols: int, k: int, n_tiles: int = 1, mode: int = GemmMode.MUL8) -> int:
@@ -89,6 +91,11 @@ def vector_cycles(n_elems: int, lanes: int = 1) -> int:
     return 0 if beats == 0 else beats + _VECTOR_PIPELINE_DEPTH
 
 
+def move_cycles(lines: int) -> int:
+    """MOVE unit cycles: one V line written per cycle after the first O read (hdl.forward)."""
+    return 0 if lines == 0 else lines + _MOVE_READ_LATENCY
+
+
 def fetch_cycles(g: Geometry, mem_latency: int = DEFAULT_MEM_LATENCY) -> int:
     """Controller cycles to fetch and decode one instruction (FETCH, the reads, EXEC)."""
     return INSTR_BYTES // g.bus_bytes + mem_latency + 3
@@ -113,6 +120,8 @@ def engine_cycles(instr: Instruction, g: Geometry, lat: int = DEFAULT_MEM_LATENC
         return 1 + softmax_cycles(instr["length"], instr["rows"], g.lanes, instr.get("mode"))
     if op in (Op.LUT, Op.RESIDUAL_ADD):
         return 1 + vector_cycles(instr["lines"] * g.lanes, g.lanes)
+    if op == Op.MOVE:
+        return 1 + move_cycles(instr["rows"] * instr["dst_row_lines"])
     return 0
 
 

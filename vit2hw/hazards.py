@@ -94,6 +94,10 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
         n = ins["lines"]
         return ([Span("V", ins["src"], ins["src"] + n), Span("LUT_TABLE", 0, 1 << ins["lut_bits"])],
                 [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)])
+    if op == Op.MOVE:
+        n = ins["rows"] * ins["dst_row_lines"]
+        return ([Span("O", ins["src"], ins["src"] + ins["rows"] * ins["src_row_lines"])],
+                [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)])
     if op == Op.RESIDUAL_ADD:
         n = ins["lines"]
         return ([Span("V", ins["src_a"], ins["src_a"] + n), Span("V", ins["src_b"], ins["src_b"] + n),

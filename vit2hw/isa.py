@@ -72,6 +72,7 @@ class Op(enum.IntEnum):
     LUT = 6
     RESIDUAL_ADD = 7
     FENCE = 8
+    MOVE = 9
 
 
 class Target(enum.IntEnum):
@@ -113,7 +114,7 @@ def engine_of(op: Op | int) -> Engine | None:
         return Engine.DMA
     if op == Op.GEMM:
         return Engine.GEMM
-    if op in (Op.LAYERNORM, Op.SOFTMAX, Op.LUT, Op.RESIDUAL_ADD):
+    if op in (Op.LAYERNORM, Op.SOFTMAX, Op.LUT, Op.RESIDUAL_ADD, Op.MOVE):
         return Engine.VECTOR
     return None
 
@@ -158,6 +159,8 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
     Op.LUT: ("src:u24", "dst:u24", "lines:u24", "lut_bits:u4"),
     Op.RESIDUAL_ADD: ("src_a:u24", "src_b:u24", "dst:u24", "lines:u24", "channels:u16",
                       "out_bits:u6", "out_zp:s16"),
+    # O rows → V rows on chip (GEMM results to the vector units without a memory round trip)
+    Op.MOVE: ("src:u24", "dst:u24", "rows:u16", "src_row_lines:u16", "dst_row_lines:u16"),
 }.items()}
 
 
@@ -611,6 +614,21 @@ class Assembler:
                      out_bits: int, out_zp: int = 0) -> Instruction:
         return self.emit(Op.RESIDUAL_ADD, src_a=src_a, src_b=src_b, dst=dst, lines=lines,
                          channels=channels, out_bits=out_bits, out_zp=out_zp)
+
+    def move(self, src: int, dst: int, rows: int, src_row_lines: int, dst_row_lines: int) -> Instruction:
+        """Copy ``rows`` rows of O (``src_row_lines`` lines of ``cols`` int32 lanes each, from
+        line ``src``) into V: row ``i``'s lanes, in order, fill ``dst_row_lines`` V lines from
+        ``dst + i·dst_row_lines`` (lanes past them are dropped)."""
+        g = self.g
+        if g.cols % g.lanes:
+            raise ProgramError(f"MOVE needs the array's {g.cols} columns to be a multiple of the "
+                               f"{g.lanes} vector lanes")
+        if dst_row_lines > src_row_lines * (g.cols // g.lanes):
+            raise ProgramError(f"MOVE: {dst_row_lines} V lines per row exceed the {src_row_lines} O lines given")
+        if src + rows * src_row_lines > g.o_depth or dst + rows * dst_row_lines > g.v_depth:
+            raise ProgramError("MOVE runs past the end of O or V")
+        return self.emit(Op.MOVE, src=src, dst=dst, rows=rows, src_row_lines=src_row_lines,
+                         dst_row_lines=dst_row_lines)
 
     def fence(self) -> Instruction:
         return self.emit(Op.FENCE)

@@ -275,7 +275,17 @@ def _residual(st: MachineState, ins: Instruction) -> None:
 
 
 _EXEC = {Op.LOAD: _load, Op.STORE: _store}
-_COMPUTE = {Op.GEMM: _gemm, Op.LAYERNORM: _layernorm, Op.SOFTMAX: _softmax, Op.LUT: _lut,
+def _move(st: MachineState, ins: Instruction) -> None:
+    g = st.g
+    rows, srl, drl = ins["rows"], ins["src_row_lines"], ins["dst_row_lines"]
+    if g.cols % g.lanes or drl > srl * (g.cols // g.lanes):
+        raise IsaSimError("MOVE: rows need cols a multiple of lanes and enough O lines")
+    _span(rows * srl, g.o_depth, "MOVE (O)", ins["src"])
+    src = st.o[ins["src"]:ins["src"] + rows * srl].reshape(rows, srl * g.cols)
+    _vec_out(st, ins["dst"], src[:, :drl * g.lanes].reshape(rows * drl, g.lanes), "MOVE")
+
+
+_COMPUTE = {Op.GEMM: _gemm, Op.MOVE: _move, Op.LAYERNORM: _layernorm, Op.SOFTMAX: _softmax, Op.LUT: _lut,
             Op.RESIDUAL_ADD: _residual}
 
 

@@ -36,7 +36,8 @@ __all__ = ["REPORT_VERSION", "UNITS", "LayerStats", "Analysis", "analyze", "esti
 REPORT_VERSION = 1
 UNITS = ("load", "store", "array", "vector", "control")
 _UNIT = {Op.LOAD: "load", Op.STORE: "store", Op.GEMM: "array", Op.LAYERNORM: "vector", Op.SOFTMAX: "vector",
-         Op.LUT: "vector", Op.RESIDUAL_ADD: "vector", Op.END: "control", Op.FENCE: "control"}
+         Op.LUT: "vector", Op.RESIDUAL_ADD: "vector", Op.MOVE: "vector", Op.END: "control",
+         Op.FENCE: "control"}
 
 
 @dataclass

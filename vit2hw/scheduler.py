@@ -249,6 +249,7 @@ class _Scheduler:
         self.transposed: dict[str, Region] = {}
         self.fused: dict[str, Node] = {}              # linear node -> the lut node on its drain
         self.skip: set[str] = set()                   # nodes computed inside another's instructions
+        self.scores_fused: dict[str, Node] = {}       # matmul_qk node -> its softmax, fed by MOVE
         self.layers: list[str] = []
         self.gemms: dict[str, GemmInfo] = {}
         self._segments: list[tuple[int, bytes, str]] = []
@@ -557,12 +558,79 @@ class _Scheduler:
         p = _Params("col", self.const(self.param_lines(n, 0, node.consts["m"], node.consts["s"], 0),
                                       node.name + ".params", "params"), 0)
         qr, kr, out = self.regions[q], self.regions[k], self.regions[node.output]
+        if node.name in self.scores_fused:
+            self.scores_softmax(node, self.scores_fused[node.name], p)
+            return
         for hd in range(h):
             a = _Matrix(qr.addr + hd * d, n, qr.stride)
             b = _Matrix(kr.addr + hd * d, n, kr.stride)
             if a.addr % self.g.bus_bytes:
                 self.unsupported(node, f"head width {d} bytes is not a multiple of the {self.g.bus_bytes}-byte bus")
             self.gemm(f"{node.name}[head {hd}]", a, b, d, p, out.view_rows(hd * n, n), ys.bits, GemmMode.MUL8)
+
+    def scores_chunk_rows(self, node: Node) -> int:
+        """Rows per chunk when the attention scores go from the array to the softmax unit on
+        chip (GEMM into O, MOVE into V): a multiple of the array rows whose score rows fit
+        half of O, whose scores and probabilities fit half of V, and whose q rows fit half
+        of A, with one head's k rows in half of B; 0 when that cannot be done."""
+        g = self.g
+        if g.cols % g.lanes:
+            return 0
+        n, width = self.rows_cols(self.spec(node.inputs[0]))
+        d = width // node.attrs["heads"]
+        if n > g.max_tokens or (d % g.bus_bytes) or self.spec(node.output).bits > 16:
+            return 0
+        lines, nt, lpr = _ceil(d, g.bus_bytes), _ceil(n, g.cols), _ceil(n, g.lanes)
+        if _ceil(n, g.cols) * lines > g.b_depth // 2:
+            return 0
+        per = min(g.o_depth // 2 // nt, v_half_lines(g) // (2 * lpr), g.a_depth // 2 // lines * g.rows)
+        per = per // g.rows * g.rows
+        return min(per, _ceil(n, g.rows) * g.rows)
+
+    def scores_softmax(self, node: Node, sm: Node, p: _Params) -> None:
+        """``softmax(Q·Kᵀ)`` per head, chunk by chunk of rows, without the scores leaving the
+        chip: GEMM (into one O half) → MOVE (into one V half) → SOFTMAX → STORE of the
+        probabilities; chunks alternate halves, so the array computes the next chunk's scores
+        while the vector engine moves and normalizes this one."""
+        g = self.g
+        q, k = node.inputs
+        h = node.attrs["heads"]
+        n, width = self.rows_cols(self.spec(q))
+        d = width // h
+        _, length, extra = self.softmax_format(sm)
+        lines, nt, lpr = _ceil(d, g.bus_bytes), _ceil(n, g.cols), _ceil(n, g.lanes)
+        per = self.scores_chunk_rows(node)
+        qr, kr, yr = self.regions[q], self.regions[k], self.regions[sm.output]
+        lineb = g.cols * RECORD_BYTES
+        self.flush_stores()
+        p_base = self.load_half(Target.P, p.addr, nt, 1, lineb, True)
+        half, turn, pending = v_half_lines(g), 0, None
+        for hd in range(h):
+            b_sp = self.load_half(Target.B, kr.addr + hd * d, n, lines, kr.stride, True)
+            for r0 in range(0, n, per):
+                rows = min(per, n - r0)
+                a_sp = self.load_half(Target.A, qr.addr + hd * d + r0 * qr.stride, rows, lines, qr.stride, True)
+                o_sp = self.halves.base(Target.O)
+                self.halves.flip(Target.O)
+                self.asm.gemm(rows, n, d, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_base,
+                              out_bits=self.spec(node.output).bits, mode=GemmMode.MUL8)
+                v = turn * half
+                turn ^= 1
+                first = len(self.asm.program.instructions)
+                self.asm.move(o_sp, v, rows, nt, lpr)
+                self.asm.emit(Op.SOFTMAX, src=v, dst=v + rows * lpr, rows=rows, length=length, **extra)
+                if pending is not None:
+                    self.vec_store(*pending)
+                pending = (yr, hd * n + r0, rows, lpr, v + rows * lpr)
+                self.attribute(first, sm.name)
+        first = len(self.asm.program.instructions)
+        self.vec_store(*pending)
+        self.attribute(first, sm.name)
+
+    def attribute(self, first: int, name: str) -> None:
+        """Attribute the instructions from index ``first`` on to node ``name`` (reports)."""
+        for i in range(first, len(self.asm.program.instructions)):
+            self.owner[i] = name
 
     def do_attn_v(self, node: Node) -> None:
         pr, v = node.inputs
@@ -657,9 +725,9 @@ class _Scheduler:
             return yr, r0, n, lpr, v + n * lpr
         self.vector_loop(node, rows, lpr, 2, body)
 
-    def do_softmax(self, node: Node) -> None:
-        x, y = node.inputs[0], node.output
-        xs = self.spec(x)
+    def softmax_format(self, node: Node) -> tuple[int, int, dict]:
+        """``(rows, length, extra SOFTMAX fields)`` of a softmax node, after the unit's checks."""
+        xs = self.spec(node.inputs[0])
         rows, length = self.rows_cols(xs)
         if node.attrs.get("frac", I.SCORE_FRAC) != I.SCORE_FRAC or xs.bits > 16:
             self.unsupported(node, f"the softmax unit takes 16-bit scores at {I.SCORE_FRAC} fractional bits")
@@ -670,9 +738,15 @@ class _Scheduler:
         if uniform and not self._softmax_has_mode:
             raise NotImplementedError(f"{node.name}: uniform softmax needs the SOFTMAX '{SOFTMAX_MODE_FIELD}' "
                                       f"field, which this ISA version lacks (use log2 attention)")
+        return rows, length, ({SOFTMAX_MODE_FIELD: int(uniform)} if self._softmax_has_mode else {})
+
+    def do_softmax(self, node: Node) -> None:
+        if node.name in self.skip:
+            return
+        x, y = node.inputs[0], node.output
+        rows, length, extra = self.softmax_format(node)
         lpr = _ceil(length, self.g.lanes)
         xr, yr = self.regions[x], self.regions[y]
-        extra = {SOFTMAX_MODE_FIELD: int(uniform)} if self._softmax_has_mode else {}
         def body(r0, n, v):
             self.vec_load(xr, r0, n, lpr, v)
             self.asm.emit(Op.SOFTMAX, src=v, dst=v + n * lpr, rows=n, length=length, **extra)
@@ -695,6 +769,13 @@ class _Scheduler:
                 continue
             self.fused[prod.name] = node
             self.skip.add(node.name)
+        for node in order:
+            if node.op != "matmul_qk" or node.output in self.graph.outputs:
+                continue
+            users = self.graph.consumers(node.output)
+            if len(users) == 1 and users[0].op == "softmax" and self.scores_chunk_rows(node) > 0:
+                self.scores_fused[node.name] = users[0]
+                self.skip.add(users[0].name)
 
     def do_lut(self, node: Node) -> None:
         if node.name in self.skip:
