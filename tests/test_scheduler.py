@@ -244,3 +244,27 @@ def test_gelu_table_runs_on_the_fc1_drain(digits_log2, test_codes):
         assert flags == {(1, g.tensors[lut.inputs[0]].bits)}, (fc1.name, flags)
     for img, logits in zip(test_codes[:2], got):
         np.testing.assert_array_equal(logits, run_graph(g, img[None])[g.outputs[0]][0])
+
+
+def test_scores_and_residual_sums_stay_on_chip(digits_log2):
+    """The attention scores go from the array to the softmax unit by MOVE: no instruction
+    stores or loads the scores tensor's external region; the LayerNorm of a residual sum takes
+    the sum from V: none of its instructions is a LOAD of activations (only its constants)."""
+    from vit2hw.isa import Target
+    g = digits_log2
+    sp = schedule(g, get_preset("default"))
+    instrs = sp.program.instructions
+    assert any(i.op == Op.MOVE for i in instrs)
+    for qk in (n for n in g.nodes.values() if n.op == "matmul_qk"):
+        r = sp.regions[qk.output]
+        lo, hi = r.addr, r.addr + r.rows * r.stride
+        for i in instrs:
+            if i.op in (Op.LOAD, Op.STORE):
+                assert not lo <= i["ext_addr"] < hi, (qk.name, i)
+    fused = [n for n in g.nodes.values() if n.op == "layernorm"
+             and g.producer(n.inputs[0]) is not None and g.producer(n.inputs[0]).op == "residual_add"]
+    assert fused
+    for ln in fused:
+        ops = [(i.op, i["target"] if i.op == Op.LOAD else None) for i, n in zip(instrs, sp.per_instr_layer)
+               if n == ln.name]
+        assert (Op.LAYERNORM, None) in ops and all(t == Target.LN_CONST for op, t in ops if op == Op.LOAD), ops

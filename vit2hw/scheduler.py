@@ -250,6 +250,7 @@ class _Scheduler:
         self.fused: dict[str, Node] = {}              # linear node -> the lut node on its drain
         self.skip: set[str] = set()                   # nodes computed inside another's instructions
         self.scores_fused: dict[str, Node] = {}       # matmul_qk node -> its softmax, fed by MOVE
+        self.ln_fused: dict[str, Node] = {}           # residual_add node -> the LayerNorm of its sum
         self.layers: list[str] = []
         self.gemms: dict[str, GemmInfo] = {}
         self._segments: list[tuple[int, bytes, str]] = []
@@ -677,22 +678,26 @@ class _Scheduler:
         returns its STORE's arguments) per chunk; a chunk's STORE follows the next chunk's
         operation, so it drains one half while the unit works on the other."""
         chunks, step = self.chunks(node, rows, lpr, regions)
-        pending = None
+        pending = []
         for c, (r0, n) in enumerate(chunks):
-            store = body(r0, n, (c % 2) * step)
-            if pending is not None:
-                self.vec_store(*pending)
-            pending = store
+            stores = body(r0, n, (c % 2) * step)
+            stores = stores if isinstance(stores, list) else [stores]
+            for st in pending:
+                self.vec_store(*st)
+            pending = stores
             if not step:
-                self.vec_store(*pending)
-                pending = None
-        if pending is not None:
-            self.vec_store(*pending)
+                for st in pending:
+                    self.vec_store(*st)
+                pending = []
+        for st in pending:
+            self.vec_store(*st)
 
     def vec_load(self, r: Region, r0: int, rows: int, lpr: int, spad: int) -> None:
         self.load(Target.V, r.row(r0), rows, lpr, spad, r.stride, r.ebytes)
 
-    def vec_store(self, r: Region, r0: int, rows: int, lpr: int, spad: int) -> None:
+    def vec_store(self, r: Region, r0: int, rows: int, lpr: int, spad: int, owner: str = "") -> None:
+        if owner:
+            self.owner[len(self.asm.program.instructions)] = owner
         self.asm.store(Target.V, r.row(r0), rows, lpr, spad, row_elems=r.cols, ext_stride=r.stride,
                        ebytes=r.ebytes)
 
@@ -705,7 +710,8 @@ class _Scheduler:
             raise TileError(f"buffers too small for a tile: {node.name} ({node.op}) has {ch} channels; "
                             f"the vector units hold {self.g.max_channels}")
 
-    def do_layernorm(self, node: Node) -> None:
+    def layernorm_setup(self, node: Node) -> tuple[int, int, TensorSpec]:
+        """Checks and LN_CONST load of a LayerNorm node: ``(rows, channels, output spec)``."""
         x, y = node.inputs[0], node.output
         xs, ys = self.spec(x), self.spec(y)
         rows, ch = self.rows_cols(xs)
@@ -717,8 +723,14 @@ class _Scheduler:
         addr = self.const(pack_records(LN_RECORD, ch, gm=c["gm"], alpha=c["alpha"], gs=c["gs"], bb=c["bb"]),
                           node.name + ".ln", "constants")
         self.load_const(Target.LN_CONST, addr, ch)
+        return rows, ch, ys
+
+    def do_layernorm(self, node: Node) -> None:
+        if node.name in self.skip:
+            return
+        rows, ch, ys = self.layernorm_setup(node)
         lpr = ch // self.g.lanes
-        xr, yr = self.regions[x], self.regions[y]
+        xr, yr = self.regions[node.inputs[0]], self.regions[node.output]
         def body(r0, n, v):
             self.vec_load(xr, r0, n, lpr, v)
             self.asm.layernorm(v, v + n * lpr, n, ch, ys.bits, ys.zero_point)
@@ -770,6 +782,15 @@ class _Scheduler:
             self.fused[prod.name] = node
             self.skip.add(node.name)
         for node in order:
+            if node.op != "layernorm":
+                continue
+            prod = self.graph.producer(node.inputs[0])
+            ch = self.rows_cols(self.spec(node.inputs[0]))[1]
+            if (prod is not None and prod.op == "residual_add" and prod.name not in self.ln_fused
+                    and self.spec(node.inputs[0]).bits <= 8 and 4 * _ceil(ch, self.g.lanes) <= self.g.v_depth):
+                self.ln_fused[prod.name] = node
+                self.skip.add(node.name)
+        for node in order:
             if node.op != "matmul_qk" or node.output in self.graph.outputs:
                 continue
             users = self.graph.consumers(node.output)
@@ -810,12 +831,24 @@ class _Scheduler:
         self.load_const(Target.RES_CONST, addr, ch)
         lpr = ch // self.g.lanes
         ar, br, yr = self.regions[a], self.regions[b], self.regions[y]
+        ln = self.ln_fused.get(node.name)
+        if ln is not None:      # the LayerNorm of the sum runs on it while it is still in V
+            first = len(self.asm.program.instructions)
+            _, _, ls = self.layernorm_setup(ln)
+            self.attribute(first, ln.name)
+            lr = self.regions[ln.output]
         def body(r0, n, v):
             self.vec_load(ar, r0, n, lpr, v)
             self.vec_load(br, r0, n, lpr, v + n * lpr)
             self.asm.residual_add(v, v + n * lpr, v + 2 * n * lpr, n * lpr, ch, ys.bits, ys.zero_point)
-            return yr, r0, n, lpr, v + 2 * n * lpr
-        self.vector_loop(node, rows, lpr, 3, body)
+            stores = [(yr, r0, n, lpr, v + 2 * n * lpr)]
+            if ln is not None:
+                first = len(self.asm.program.instructions)
+                self.asm.layernorm(v + 2 * n * lpr, v + 3 * n * lpr, n, ch, ls.bits, ls.zero_point)
+                self.attribute(first, ln.name)
+                stores.append((lr, r0, n, lpr, v + 3 * n * lpr, ln.name))
+            return stores
+        self.vector_loop(node, rows, lpr, 3 if ln is None else 4, body)
 
     def do_prepend_row(self, node: Node) -> None:
         x, y = node.inputs[0], node.output
