@@ -251,6 +251,7 @@ class _Scheduler:
         self.skip: set[str] = set()                   # nodes computed inside another's instructions
         self.scores_fused: dict[str, Node] = {}       # matmul_qk node -> its softmax, fed by MOVE
         self.ln_fused: dict[str, Node] = {}           # residual_add node -> the LayerNorm of its sum
+        self.res_linear: dict[str, tuple] = {}        # residual_add -> (linear, operand, rows/chunk) fed by MOVE
         self.layers: list[str] = []
         self.gemms: dict[str, GemmInfo] = {}
         self._segments: list[tuple[int, bytes, str]] = []
@@ -491,6 +492,8 @@ class _Scheduler:
         return GemmMode.MUL8, not xin.signed
 
     def do_linear(self, node: Node) -> None:
+        if node.name in self.skip:      # computed chunk by chunk inside its residual add
+            return
         x, y = node.inputs[0], node.output
         xs, ys = self.spec(x), self.spec(y)
         w = node.consts["weight"]                    # [K, M]
@@ -628,6 +631,56 @@ class _Scheduler:
         self.vec_store(*pending)
         self.attribute(first, sm.name)
 
+    def residual_linear_rows(self, lin: Node, regions: int) -> int:
+        """Rows per chunk when ``lin``'s output goes through O and MOVE straight into the
+        V chunks of the one vector operation that uses it (a multiple of the array rows whose
+        outputs fit half of O, inputs half of A, with the whole weight in half of B and the
+        parameters in half of P); 0 when it cannot."""
+        g = self.g
+        w = lin.consts["weight"]
+        k, ncols = w.shape
+        if (g.cols % g.lanes or ncols % g.lanes or lin.consts["bias"].ndim != 1 or lin.output in self.transposed
+                or lin.name in self.fused or self.spec(lin.output).bits > 16 or self.spec(lin.inputs[0]).bits > 8):
+            return 0
+        lines, nt, lpr = _ceil(k, g.bus_bytes), _ceil(ncols, g.cols), ncols // g.lanes
+        if nt * lines > g.b_depth // 2 or nt > g.p_depth // 2:
+            return 0
+        per = min(g.o_depth // 2 // nt, v_half_lines(g) // (regions * lpr), g.a_depth // 2 // lines * g.rows)
+        return per // g.rows * g.rows
+
+    def linear_into_v(self, lin: Node, lpr: int):
+        """Load ``lin``'s weights and parameters once; return ``emit(r0, n, v)``: the GEMM of
+        input rows ``r0 .. r0+n`` into an O half, then MOVE of the result to V line ``v``."""
+        g = self.g
+        x = lin.inputs[0]
+        xs, ys = self.spec(x), self.spec(lin.output)
+        w, c = lin.consts["weight"], lin.consts
+        k, ncols = w.shape
+        rows = self.rows_cols(xs)[0]
+        mode, a_unsigned = self.linear_mode(lin)
+        self.gemms[lin.name] = GemmInfo(lin.name, lin.op, rows * k * ncols, mode.name.lower(), False)
+        lines, nt = _ceil(k, g.bus_bytes), _ceil(ncols, g.cols)
+        lineb = g.cols * RECORD_BYTES
+        first = len(self.asm.program.instructions)
+        wm = self.weight_rows(w.T, lin.name + ".weight")
+        p_addr = self.const(self.param_lines(ncols, c["bias"], c["m"], c["s"], ys.zero_point),
+                            lin.name + ".params", "params")
+        p_base = self.load_half(Target.P, p_addr, nt, 1, lineb, True)
+        b_sp = self.load_half(Target.B, wm.addr, ncols, lines, wm.stride, True)
+        self.attribute(first, lin.name)
+        xm = self.act(x)
+
+        def emit(r0: int, n: int, v: int) -> None:
+            first = len(self.asm.program.instructions)
+            a_sp = self.load_half(Target.A, xm.addr + r0 * xm.stride, n, lines, xm.stride, True)
+            o_sp = self.halves.base(Target.O)
+            self.halves.flip(Target.O)
+            self.asm.gemm(n, ncols, k, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_base, out_bits=ys.bits,
+                          mode=mode, a_unsigned=a_unsigned)
+            self.asm.move(o_sp, v, n, nt, lpr)
+            self.attribute(first, lin.name)
+        return emit
+
     def attribute(self, first: int, name: str) -> None:
         """Attribute the instructions from index ``first`` on to node ``name`` (reports)."""
         for i in range(first, len(self.asm.program.instructions)):
@@ -659,12 +712,16 @@ class _Scheduler:
             self.gemm(f"{node.name}[head {hd}]", a, b, n, p, out, ys.bits, mode, out_col0=hd * d)
 
     # ---------------------------------------------------------- vector ops
-    def chunks(self, node: Node, rows: int, lines_per_row: int, regions: int) -> tuple[list[tuple[int, int]], int]:
+    def chunks(self, node: Node, rows: int, lines_per_row: int, regions: int,
+               cap: int = 0) -> tuple[list[tuple[int, int]], int]:
         """Row chunks of a vector op and the V lines between chunk bases: chunks alternate
         between V's two halves (one write port each) when a chunk of ``regions`` regions fits
-        a half, so the next chunk's LOAD overlaps this chunk's operation."""
+        a half, so the next chunk's LOAD overlaps this chunk's operation. ``cap``: at most
+        that many rows per chunk."""
         half = v_half_lines(self.g)
         per = half // (regions * lines_per_row)
+        if cap:
+            per = min(per, cap)
         step = half
         if per < 1:
             per, step = self.g.v_depth // (regions * lines_per_row), 0
@@ -673,11 +730,11 @@ class _Scheduler:
                             f"{lines_per_row} V lines for one row; V has {self.g.v_depth}")
         return [(r0, min(per, rows - r0)) for r0 in range(0, rows, per)], step
 
-    def vector_loop(self, node: Node, rows: int, lpr: int, regions: int, body) -> None:
+    def vector_loop(self, node: Node, rows: int, lpr: int, regions: int, body, cap: int = 0) -> None:
         """Emit ``body(r0, n, base)`` (LOADs and the operation of one chunk at V line ``base``;
         returns its STORE's arguments) per chunk; a chunk's STORE follows the next chunk's
         operation, so it drains one half while the unit works on the other."""
-        chunks, step = self.chunks(node, rows, lpr, regions)
+        chunks, step = self.chunks(node, rows, lpr, regions, cap)
         pending = []
         for c, (r0, n) in enumerate(chunks):
             stores = body(r0, n, (c % 2) * step)
@@ -791,6 +848,20 @@ class _Scheduler:
                 self.ln_fused[prod.name] = node
                 self.skip.add(node.name)
         for node in order:
+            if node.op != "residual_add":
+                continue
+            regions = 4 if node.name in self.ln_fused else 3
+            for which, t in enumerate(node.inputs):
+                lin = self.graph.producer(t)
+                if (lin is None or lin.op != "linear" or t in self.graph.outputs
+                        or len(self.graph.consumers(t)) != 1 or node.inputs.count(t) != 1):
+                    continue
+                per = self.residual_linear_rows(lin, regions)
+                if per > 0:
+                    self.res_linear[node.name] = (lin, which, per)
+                    self.skip.add(lin.name)
+                    break
+        for node in order:
             if node.op != "matmul_qk" or node.output in self.graph.outputs:
                 continue
             users = self.graph.consumers(node.output)
@@ -831,6 +902,10 @@ class _Scheduler:
         self.load_const(Target.RES_CONST, addr, ch)
         lpr = ch // self.g.lanes
         ar, br, yr = self.regions[a], self.regions[b], self.regions[y]
+        feed = self.res_linear.get(node.name)
+        if feed is not None:    # one operand comes from the array through O: GEMM + MOVE per chunk
+            lin, which, per = feed
+            into_v = self.linear_into_v(lin, lpr)
         ln = self.ln_fused.get(node.name)
         if ln is not None:      # the LayerNorm of the sum runs on it while it is still in V
             first = len(self.asm.program.instructions)
@@ -838,8 +913,11 @@ class _Scheduler:
             self.attribute(first, ln.name)
             lr = self.regions[ln.output]
         def body(r0, n, v):
-            self.vec_load(ar, r0, n, lpr, v)
-            self.vec_load(br, r0, n, lpr, v + n * lpr)
+            for i, r in enumerate((ar, br)):
+                if feed is not None and i == which:
+                    into_v(r0, n, v + i * n * lpr)
+                else:
+                    self.vec_load(r, r0, n, lpr, v + i * n * lpr)
             self.asm.residual_add(v, v + n * lpr, v + 2 * n * lpr, n * lpr, ch, ys.bits, ys.zero_point)
             stores = [(yr, r0, n, lpr, v + 2 * n * lpr)]
             if ln is not None:
@@ -848,7 +926,7 @@ class _Scheduler:
                 self.attribute(first, ln.name)
                 stores.append((lr, r0, n, lpr, v + 3 * n * lpr, ln.name))
             return stores
-        self.vector_loop(node, rows, lpr, 3 if ln is None else 4, body)
+        self.vector_loop(node, rows, lpr, 3 if ln is None else 4, body, cap=feed[2] if feed else 0)
 
     def do_prepend_row(self, node: Node) -> None:
         x, y = node.inputs[0], node.output
