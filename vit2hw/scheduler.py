@@ -27,8 +27,12 @@ topological order) become instructions of :mod:`vit2hw.isa`:
                 either the image codes or the patches.
 =============== ==============================================================================
 
-Every other GEMM-to-vector hand-over goes through external memory (STORE then LOAD): the
-controller has no on-chip forwarding. Loads whose data is already resident in a
+On-chip forwarding (MOVE, O → V) where a GEMM result's only use is a vector operation:
+attention scores → softmax (``scores_softmax``: GEMM, MOVE, SOFTMAX per head and chunk of
+rows) and a linear → residual add (``linear_into_v``: the projection / fc2 computed chunk by
+chunk inside the residual add); a LayerNorm of a residual sum runs on the sum in V. Every
+other hand-over goes through external memory (STORE then LOAD), in particular everything a
+GEMM reads (there is no path into A or B). Loads whose data is already resident in a
 scratchpad (same source, same lines, nothing written over them since) are skipped, and a
 GEMM's requantization parameters are loaded once when they all fit half of P.
 """
