@@ -75,8 +75,3 @@ def test_move_beats_and_cycles(cols, lanes, rows, srl, drl):
     assert cycles == list(range(cycles[0], cycles[0] + rows * drl))            # no gaps
     assert busy_cycles == list(range(len(busy_cycles))) and len(busy_cycles) == move_cycles(rows * drl)
 
-
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
-def test_move_needs_whole_v_lines_per_o_line():
-    with pytest.raises(ValueError, match="multiple of lanes"):
-        MoveUnit(6, 4, 8)
