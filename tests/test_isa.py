@@ -181,3 +181,23 @@ def test_program_cycles_never_exceed_the_sequential_sum():
     assert 0 < cm.program_cycles(p, SMALL, 2) <= total
     load = p.instructions[0]
     assert cm.instruction_cycles(load, g, 5) - cm.instruction_cycles(load, g, 1) == 2 * 4
+
+
+def test_assembler_rejects_impossible_moves_and_fusions():
+    """MOVE needs whole V lines per O line and enough O lines for its V lines; a fused table
+    needs signed outputs of exactly its input width; row_params one column tile."""
+    def geometry(cols):
+        return Geometry.from_config(AcceleratorConfig(rows=4, cols=cols, vector_lanes=4, mem_bus_bits=32,
+                                                      act_buf_bytes=4 * 4 * 16, weight_buf_bytes=cols * 4 * 16,
+                                                      out_buf_bytes=cols * 4 * 64))
+    odd = Assembler(geometry(6))
+    with pytest.raises(ProgramError, match="multiple of the 4 vector lanes"):
+        odd.move(0, 0, 1, 1, 1)
+    asm = Assembler(geometry(8))
+    asm.move(0, 0, 2, 1, 2)
+    with pytest.raises(ProgramError, match="exceed"):
+        asm.move(0, 0, 2, 1, 3)
+    with pytest.raises(ProgramError, match="table lookup"):
+        asm.gemm(4, 8, 8, 0, 0, 0, 0, out_bits=8, lut_bits=4)
+    with pytest.raises(ProgramError, match="row_params"):
+        asm.gemm(4, 16, 8, 0, 0, 0, 0, row_params=True)
