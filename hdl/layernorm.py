@@ -5,9 +5,9 @@ Per row of ``C`` input codes ``q`` (``lanes`` per beat, channel ``c`` in lane
 
 1. *stats pass* — the row is written into an internal row buffer while
    ``x_c = q_c << alpha_c``, ``S = Σx`` and ``Σx²`` accumulate;
-2. *scalar phase* — ``Q = C·Σx² − S²``; ``r = isqrt(Q)`` by a restoring bit-serial square
-   root (one root bit per cycle, floor-exact); ``e = bit_length(r)``;
-   ``inv = floor(2**(e+15) / r)`` by a 17-cycle restoring divider on the normalized
+2. *scalar phase* — ``Q = C·Σx² − S²``; ``r = isqrt(Q)`` by a restoring square root (two
+   root bits per cycle, floor-exact); ``e = bit_length(r)``;
+   ``inv = floor(2**(e+15) / r)`` by a 9-cycle restoring divider (17 bits) on the normalized
    ``r`` (``r == 0`` gives ``inv = 0``);
 3. *output pass* — the buffered row is read back through a 7-register pipeline:
    ``n = round_shift((C·x − S)·inv, max(e,1) + 4)`` and
@@ -27,7 +27,8 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from vit2hw.intops import LN_NORM_FRAC, LN_RECIP_FRAC
-from hdl.vecops import ceil_log2, const_write_signature, restoring_div_step, round_shift_expr, saturate_expr
+from hdl.vecops import (ceil_log2, const_write_signature, restoring_div_step, restoring_div_steps, round_shift_expr,
+                        saturate_expr)
 
 __all__ = [
     "LN_OUT_PIPELINE_DEPTH",
@@ -45,9 +46,11 @@ LN_OUT_PIPELINE_DEPTH = 7
 LN_START_CYCLES = 1
 #: quotient bits of the reciprocal: inv lies in (2**15, 2**16]
 LN_RECIP_BITS = LN_RECIP_FRAC + 2
+#: root / quotient bits settled per cycle (two chained restoring steps)
+LN_STEPS = 2
 #: fixed cycles per row besides the two passes and the square root:
 #: drain + Q + (bit_length, divider set-up) + divider + hand-over to the output pass
-_LN_ROW_OVERHEAD = 1 + 1 + 1 + LN_RECIP_BITS + 1
+_LN_ROW_OVERHEAD = 1 + 1 + 1 + -(-LN_RECIP_BITS // LN_STEPS) + 1
 
 
 def layernorm_sqrt_bits(max_channels: int, in_bits: int = 8) -> int:
@@ -62,7 +65,7 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
     """Cycles from the first accepted input beat to the last output beat (both counted).
 
     Assumes the input is always valid and the output always ready. Per row:
-    ``C/lanes`` beats in, the scalar phase (``layernorm_sqrt_bits`` + 21 cycles),
+    ``C/lanes`` beats in, the scalar phase (``ceil(layernorm_sqrt_bits / 2)`` + 13 cycles),
     ``C/lanes`` beats issued to the output pipeline; the last row adds the pipeline depth.
     """
     if channels % lanes or channels < 1:
@@ -70,7 +73,7 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
     if rows < 1:
         return 0
     beats = channels // lanes
-    period = 2 * beats + layernorm_sqrt_bits(max_channels, in_bits) + _LN_ROW_OVERHEAD
+    period = 2 * beats + -(-layernorm_sqrt_bits(max_channels, in_bits) // LN_STEPS) + _LN_ROW_OVERHEAD
     return rows * period + LN_OUT_PIPELINE_DEPTH
 
 
@@ -317,14 +320,21 @@ class LayerNormUnit(wiring.Component):
                 m.d.sync += [q.eq(qv), qsh.eq(qv), root.eq(0), rem.eq(0), step.eq(0)]
                 m.next = "SQRT"
             with m.State("SQRT"):
-                cand = Cat(qsh[qw - 2:qw], rem)[:wr_bits + 2]       # (rem << 2) | next two bits
-                trial = Cat(Const(1, 2), root)[:wr_bits + 2]        # (root << 2) | 1
-                with m.If(cand >= trial):
-                    m.d.sync += [rem.eq(cand - trial), root.eq(Cat(Const(1, 1), root))]
-                with m.Else():
-                    m.d.sync += [rem.eq(cand), root.eq(Cat(Const(0, 1), root))]
-                m.d.sync += [qsh.eq(qsh << 2), step.eq(step + 1)]
-                with m.If(step == wr_bits - 1):
+                def root_bit(qs, rm, rt):
+                    cand = Cat(qs[qw - 2:qw], rm)[:wr_bits + 2]     # (rem << 2) | next two bits
+                    trial = Cat(Const(1, 2), rt)[:wr_bits + 2]      # (root << 2) | 1
+                    ge = cand >= trial
+                    return ((qs << 2)[:qw], Mux(ge, cand - trial, cand)[:wr_bits + 2],
+                            Cat(ge, rt)[:wr_bits])
+                one = root_bit(qsh, rem, root)
+                two = root_bit(*one)
+                sqrt_cycles = -(-wr_bits // LN_STEPS)
+                # an odd root width settles one bit in the last cycle
+                single = (step == sqrt_cycles - 1) if wr_bits % LN_STEPS else False
+                for reg, a, b in zip((qsh, rem, root), one, two):
+                    m.d.sync += reg.eq(Mux(single, a, b))
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == sqrt_cycles - 1):
                     m.next = "RECIP"
             with m.State("RECIP"):
                 m.d.sync += [
@@ -335,9 +345,16 @@ class LayerNormUnit(wiring.Component):
                 ]
                 m.next = "DIV"
             with m.State("DIV"):
-                m.d.sync += restoring_div_step(drem, quo, rn)
+                div_cycles = -(-LN_RECIP_BITS // LN_STEPS)
+                if LN_RECIP_BITS % LN_STEPS:        # the odd last bit settles alone
+                    with m.If(step == div_cycles - 1):
+                        m.d.sync += restoring_div_step(drem, quo, rn)
+                    with m.Else():
+                        m.d.sync += restoring_div_steps(drem, quo, rn, LN_STEPS)
+                else:
+                    m.d.sync += restoring_div_steps(drem, quo, rn, LN_STEPS)
                 m.d.sync += step.eq(step + 1)
-                with m.If(step == LN_RECIP_BITS - 1):
+                with m.If(step == div_cycles - 1):
                     m.next = "HANDOVER"
             with m.State("HANDOVER"):
                 # the previous row's values are in use until its output pipeline drains

@@ -15,7 +15,7 @@ element ``j`` in lane ``j % lanes`` of beat ``j // lanes``):
    ``e = int_exp2_neg(t − max)`` (Horner polynomial on the fraction, right shift by the
    integer part); ``e`` overwrites ``t`` in the buffer and ``total = Σe`` accumulates;
 3. *reciprocal* (uniform mode only) — ``R = floor(PROB_MAX·2**PROB_RECIP_SHIFT / total)``
-   by a restoring divider, one quotient bit per cycle (:data:`SM_RECIP_CYCLES`);
+   by a restoring divider, two quotient bits per cycle (:data:`SM_RECIP_CYCLES`);
 4. *code pass* — log2: ``k = #{i in 0..14 : 2·total >= (3·e) << i}``; uniform:
    ``p = min(round_shift(e·R, PROB_RECIP_SHIFT), PROB_MAX)``; streamed out through a
    2-register pipeline that stalls as a whole on output back-pressure.
@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from vit2hw.intops import (EXP2_C1, EXP2_C2, EXP_FRAC, LOG2_ZERO_CODE, PROB_MAX,
                            PROB_RECIP_SHIFT, SCORE_FRAC)
-from hdl.vecops import ceil_log2, restoring_div_step, round_shift_expr
+from hdl.vecops import ceil_log2, restoring_div_steps, round_shift_expr
 
 __all__ = [
     "SM_MODE_LOG2",
@@ -44,6 +44,7 @@ __all__ = [
     "SM_OUT_BITS",
     "SM_EXP_PIPELINE_DEPTH",
     "SM_CODE_PIPELINE_DEPTH",
+    "SM_RECIP_BITS",
     "SM_RECIP_CYCLES",
     "SM_START_CYCLES",
     "softmax_cycles",
@@ -63,15 +64,19 @@ SM_EXP_PIPELINE_DEPTH = 4
 SM_CODE_PIPELINE_DEPTH = 2
 #: quotient bits of the uniform-mode reciprocal R = floor(PROB_MAX·2**PROB_RECIP_SHIFT / total):
 #: total >= 2**EXP_FRAC (the row maximum alone contributes that), so R <= PROB_MAX << 17 < 2**24
-SM_RECIP_CYCLES = (PROB_MAX << (PROB_RECIP_SHIFT - EXP_FRAC)).bit_length()
+SM_RECIP_BITS = (PROB_MAX << (PROB_RECIP_SHIFT - EXP_FRAC)).bit_length()
+#: quotient bits the divider settles per cycle (two chained restoring steps)
+SM_RECIP_STEPS = 2
+#: cycles of the reciprocal
+SM_RECIP_CYCLES = -(-SM_RECIP_BITS // SM_RECIP_STEPS)
 #: cycles from the ``start`` strobe to the first cycle ``i.ready`` can be high
 SM_START_CYCLES = 1
 
-# The divider starts from the partial remainder D >> SM_RECIP_CYCLES of the dividend
+# The divider starts from the partial remainder D >> SM_RECIP_BITS of the dividend
 # D = PROB_MAX << PROB_RECIP_SHIFT and brings down zeros: valid while D's low
-# SM_RECIP_CYCLES bits are zero and that first remainder is below the smallest total.
-assert PROB_RECIP_SHIFT >= SM_RECIP_CYCLES
-assert (PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_CYCLES)) < 1 << EXP_FRAC
+# SM_RECIP_BITS bits are zero and that first remainder is below the smallest total.
+assert PROB_RECIP_SHIFT >= SM_RECIP_BITS and SM_RECIP_BITS % SM_RECIP_STEPS == 0
+assert (PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_BITS)) < 1 << EXP_FRAC
 assert PROB_MAX < 1 << (SM_OUT_BITS - 1) and LOG2_ZERO_CODE < 1 << (SM_OUT_BITS - 1)
 
 
@@ -243,9 +248,9 @@ class SoftmaxUnit(wiring.Component):
         # the row sum the code pass compares against (log2) and the divisor (uniform)
         code_total = Signal(totw)
         twice_total = Cat(Const(0, 1), code_total)
-        # uniform mode: R, shifted in one quotient bit per cycle by the divider; stable
+        # uniform mode: R, shifted in two quotient bits per cycle by the divider; stable
         # while codes are in flight (the divider only runs when the code pass is empty)
-        recip = Signal(SM_RECIP_CYCLES)
+        recip = Signal(SM_RECIP_BITS)
         drem = Signal(totw)                       # divider partial remainder, < total
         dstep = Signal(range(SM_RECIP_CYCLES))
         for lane in range(L):
@@ -303,7 +308,7 @@ class SoftmaxUnit(wiring.Component):
                 with m.If(~Cat(*xv[:-1]).any() & code_empty):
                     m.d.sync += [
                         g_rd.eq(0), code_total.eq(total + Mux(xv[last], sum(e_out), 0)),
-                        drem.eq(PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_CYCLES)), dstep.eq(0),
+                        drem.eq(PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_BITS)), dstep.eq(0),
                     ]
                     with m.If(uniform):
                         m.next = "RECIP"
@@ -312,7 +317,7 @@ class SoftmaxUnit(wiring.Component):
             with m.State("RECIP"):
                 # restoring division of PROB_MAX << PROB_RECIP_SHIFT by the row sum; the
                 # dividend bits brought down are all zero
-                m.d.sync += restoring_div_step(drem, recip, code_total)
+                m.d.sync += restoring_div_steps(drem, recip, code_total, SM_RECIP_STEPS)
                 m.d.sync += dstep.eq(dstep + 1)
                 with m.If(dstep == SM_RECIP_CYCLES - 1):
                     m.next = "CODE"

@@ -17,6 +17,7 @@ from amaranth.lib.wiring import Out
 
 __all__ = [
     "restoring_div_step",
+    "restoring_div_steps",
     "const_write_signature",
     "round_shift_expr",
     "saturate_expr",
@@ -51,9 +52,19 @@ def restoring_div_step(rem: Value, quo: Value, divisor: Value) -> list:
     Doubles the partial remainder, subtracts ``divisor`` when it fits and shifts the
     resulting quotient bit into ``quo``; returns the synchronous assignments.
     """
-    twice = Cat(Const(0, 1), rem)
-    fits = twice >= divisor
-    return [rem.eq(Mux(fits, twice - divisor, twice)), quo.eq(Cat(fits, quo))]
+    return restoring_div_steps(rem, quo, divisor, 1)
+
+
+def restoring_div_steps(rem: Value, quo: Value, divisor: Value, steps: int) -> list:
+    """``steps`` chained :func:`restoring_div_step` s in one cycle (``steps`` quotient bits per
+    cycle); intermediate remainders stay below ``divisor``, so they keep ``rem``'s width."""
+    r, q = Value.cast(rem), Value.cast(quo)
+    for _ in range(steps):
+        twice = Cat(Const(0, 1), r)
+        fits = twice >= divisor
+        r = Mux(fits, twice - divisor, twice)[:len(rem)]
+        q = Cat(fits, q)[:len(quo)]
+    return [rem.eq(r), quo.eq(q)]
 
 
 def round_shift_expr(x: Value, s: Value) -> Value:

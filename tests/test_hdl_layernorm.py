@@ -56,9 +56,10 @@ def test_sqrt_bits_cover_the_largest_q():
 
 
 def test_layernorm_cycles_formula():
-    """One row costs two passes plus the scalar phase; rows add up; the pipeline drains once."""
+    """One row costs two passes plus the scalar phase (root and 17-bit reciprocal two bits per
+    cycle, 4 cycles of hand-overs); rows add up; the pipeline drains once."""
     one = layernorm_cycles(192, 1, 4, 1024)
-    assert one == 2 * 48 + layernorm_sqrt_bits(1024) + 21 + LN_OUT_PIPELINE_DEPTH
+    assert one == 2 * 48 + -(-layernorm_sqrt_bits(1024) // 2) + 9 + 4 + LN_OUT_PIPELINE_DEPTH
     assert layernorm_cycles(192, 197, 4, 1024) - LN_OUT_PIPELINE_DEPTH == \
         197 * (one - LN_OUT_PIPELINE_DEPTH)
     with pytest.raises(ValueError):

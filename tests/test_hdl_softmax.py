@@ -15,7 +15,7 @@ import pytest
 
 from hdl.emit import write_verilog
 from hdl.softmax import (SM_CODE_PIPELINE_DEPTH, SM_EXP_PIPELINE_DEPTH, SM_MODE_LOG2,
-                         SM_MODE_UNIFORM, SM_RECIP_CYCLES, SoftmaxUnit, softmax_cycles)
+                         SM_MODE_UNIFORM, SM_RECIP_BITS, SM_RECIP_CYCLES, SoftmaxUnit, softmax_cycles)
 from vit2hw import intops
 from sim.runner import run_cocotb
 
@@ -58,7 +58,7 @@ def test_softmax_cycles_formula():
 def test_reciprocal_quotient_bits():
     """The divider's quotient register holds R for the smallest possible row sum (2**EXP_FRAC)."""
     largest = (intops.PROB_MAX << intops.PROB_RECIP_SHIFT) // (1 << intops.EXP_FRAC)
-    assert largest < 1 << SM_RECIP_CYCLES <= 2 * largest
+    assert largest < 1 << SM_RECIP_BITS <= 2 * largest
 
 
 @pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")

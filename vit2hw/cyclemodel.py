@@ -38,11 +38,13 @@ DEFAULT_MEM_LATENCY = 1
 REQUANT_LATENCY = 4
 _PE_LATENCY = 3
 _LN_OUT_PIPELINE_DEPTH = 7
-_LN_ROW_OVERHEAD = 1 + 1 + 1 + 17 + 1
+#: LayerNorm root and reciprocal bits settled per cycle (hdl.layernorm.LN_STEPS)
+_LN_STEPS = 2
+_LN_ROW_OVERHEAD = 1 + 1 + 1 + -(-17 // _LN_STEPS) + 1
 _SM_EXP_PIPELINE_DEPTH = 4
 _SM_CODE_PIPELINE_DEPTH = 2
-#: uniform-mode reciprocal: one quotient bit per cycle (hdl.softmax.SM_RECIP_CYCLES)
-_SM_RECIP_CYCLES = (PROB_MAX << (PROB_RECIP_SHIFT - EXP_FRAC)).bit_length()
+#: uniform-mode reciprocal: two quotient bits per cycle (hdl.softmax.SM_RECIP_CYCLES)
+_SM_RECIP_CYCLES = -(-(PROB_MAX << (PROB_RECIP_SHIFT - EXP_FRAC)).bit_length() // 2)
 _VECTOR_PIPELINE_DEPTH = 4
 #: MOVE: the synchronous O read ahead of the first beat
 _MOVE_READ_LATENCY = 1
@@ -68,7 +70,7 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
         raise ValueError("channels must be a positive multiple of lanes")
     if rows < 1:
         return 0
-    period = 2 * (channels // lanes) + layernorm_sqrt_bits(max_channels, in_bits) + _LN_ROW_OVERHEAD
+    period = 2 * (channels // lanes) + -(-layernorm_sqrt_bits(max_channels, in_bits) // _LN_STEPS) + _LN_ROW_OVERHEAD
     return rows * period + _LN_OUT_PIPELINE_DEPTH
 
 
