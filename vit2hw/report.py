@@ -14,8 +14,8 @@ Two kinds of cycle numbers, never mixed:
   double buffered. This is the cycle model's exact prediction (``vit2hw.cyclemodel``),
   which the RTL matches.
 * **estimates** – what further changes would give: per node ``max(weight/constant DMA,
-  compute)`` (``overlapped_forwarding``: activations forwarded on chip between the array
-  and the vector units instead of the round trip through external memory), and the
+  compute)`` (``overlapped_forwarding``: every activation forwarded on chip, into the
+  array's operands too, instead of the round trips through external memory that remain), and the
   busiest unit's total (``pipelined``: additionally the array and the vector units working
   on different rows/heads/layers at once). Lower bounds from the same counts, not
   measurements.
@@ -217,8 +217,8 @@ def build_report(sp, config, analysis: Analysis, graph_meta: dict, bits: dict | 
         "estimates": {
             "note": "lower bounds for further hardware changes, not the generated hardware",
             "overlapped_forwarding": {
-                "what": "per node max(weight/constant DMA, compute): on-chip forwarding of activations "
-                        "between the array and the vector units",
+                "what": "per node max(weight/constant DMA, compute): on-chip forwarding of every activation "
+                        "(also into the array's A/B operands)",
                 "total_cycles": fwd, "utilization": round(a.ideal_cycles / fwd, 6),
                 "latency_ms": round(fwd / (mhz * 1e3), 6)},
             "pipelined": {
