@@ -14,12 +14,14 @@ Presets (``get_preset``):
 ``pynq-z2`` (xc7z020)
     12 x 12 array at 100 MHz, 32-bit bus, 4 vector lanes: 144 PE DSP slices + 24 for the
     requantizer multipliers (two per column) + ~10 per lane (measured on the whole default
-    accelerator) = 95 % of the 220 DSPs. 12 divides 192, 576 and 768 channels and tiles
+    accelerator) = 95 % of the 220 DSPs; block RAM 89 %. 12 divides 192, 576 and 768 channels and tiles
     197 tokens at 97 %.
 ``zcu102`` (xczu9eg)
     20 x 48 array at 250 MHz, 128-bit bus, 16 vector lanes. LUTs bind, not DSPs: ~190 LUTs
-    per PE (array + requantizer) and ~3 000 per vector lane (the rest of the measured whole
-    default accelerator) make ~85 % of the part's 274 080 LUTs (25 rows would be 98 %).
+    per PE (array + requantizer), ~144 per column (the drain's table copy) and ~3 000 per
+    vector lane (the rest of the measured whole default accelerator) make ~87 % of the
+    part's 274 080 LUTs (25 rows would be 104 %). Block RAM 55 % (O and V are stored once per
+    read port: 2 and 3 copies).
     48 divides 192, 576, 768 and 3072 channels; 197 tokens tile onto 10 x 20 = 200 rows.
 """
 
@@ -202,13 +204,16 @@ PRESETS: dict[str, AcceleratorConfig] = {
     "default": AcceleratorConfig(),
     "pynq-z2": AcceleratorConfig(
         name="pynq-z2", rows=12, cols=12, vector_lanes=4,
-        # depth x word bytes: 16 Ki A columns, 10 Ki B rows, 1 Ki int32 output rows
-        act_buf_bytes=16384 * 12, weight_buf_bytes=10240 * 12, out_buf_bytes=1024 * 48,
+        # 3 Ki A lines and 2 Ki B lines of 4 bytes per bank, 1 Ki int32 output rows: with the
+        # read-port copies of O and V, 89 % of the part's block RAM
+        act_buf_bytes=3072 * 4 * 12, weight_buf_bytes=2048 * 4 * 12, out_buf_bytes=1024 * 48,
         mem_bus_bits=32, clock_mhz=100.0, device="xc7z020"),
     "zcu102": AcceleratorConfig(
         name="zcu102", rows=20, cols=48, vector_lanes=16,
-        # depth x word bytes: 40 Ki A columns, 20 Ki B rows, 2 Ki int32 output rows
-        act_buf_bytes=51200 * 20, weight_buf_bytes=20480 * 48, out_buf_bytes=2048 * 192,
+        # 1 Ki A lines and 512 B lines of 16 bytes per bank (a DeiT-Tiny layer's input rows and
+        # whole weight fit half of them), 1 280 int32 output rows: 55 % of the block RAM with
+        # the read-port copies of O and V
+        act_buf_bytes=1024 * 16 * 20, weight_buf_bytes=512 * 16 * 48, out_buf_bytes=1280 * 192,
         mem_bus_bits=128, clock_mhz=250.0, device="xczu9eg", max_channels=1024),
 }
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hdl.config import DEVICES, PRESETS, AcceleratorConfig, Device, get_preset, parse_array
+from vit2hw.report import estimate_resources, scratchpad_bram_bytes
 
 
 def test_round_trip_through_json(tmp_path):
@@ -24,10 +25,22 @@ def test_presets_fit_their_devices():
         assert isinstance(dev, Device)
         assert cfg.pes + 2 * cfg.cols <= dev.dsp, cfg.name
         assert cfg.act_buf_bytes + cfg.weight_buf_bytes + cfg.out_buf_bytes <= dev.bram_bytes
+        est = estimate_resources(cfg)        # scratchpad copies per read port, units, array
+        assert est["fits"] and max(est["fraction"].values()) <= 0.96, (cfg.name, est["fraction"])
     assert get_preset("pynq-z2").device == "xc7z020"
     assert get_preset("zcu102").device == "xczu9eg"
     assert DEVICES["xczu9eg"].dsp == 2520 and DEVICES["xc7z020"].bram36 == 140
     assert (get_preset("default").rows, get_preset("default").cols) == (16, 16)
+
+
+def test_block_ram_model_reference_is_the_default_top():
+    """The BRAM model's reference scratchpad bytes are those of the default configuration
+    (whose whole top was synthesized): A and B once, O twice, V three times, P once."""
+    from vit2hw import report
+    got = scratchpad_bram_bytes(get_preset("default"))
+    assert got == {"A": 131072, "B": 131072, "O": 2 * 65536, "V": 3 * 65536, "P": 65536}
+    assert sum(got.values()) == report._TOP_SPAD_BYTES
+    assert estimate_resources(get_preset("default"))["estimate"]["bram"] == report._TOP_REF["bram"]
 
 
 def test_unknown_preset_lists_the_choices():

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vit2hw.cyclemodel import DEFAULT_MEM_LATENCY, timeline
-from vit2hw.isa import INSTR_BYTES, Geometry, Op
+from vit2hw.isa import INSTR_BYTES, RECORD_BYTES, Geometry, Op
 
-__all__ = ["REPORT_VERSION", "UNITS", "LayerStats", "Analysis", "analyze", "estimate_resources",
+__all__ = ["REPORT_VERSION", "UNITS", "LayerStats", "Analysis", "analyze", "estimate_resources", "scratchpad_bram_bytes",
            "build_report", "render_markdown"]
 
 REPORT_VERSION = 1
@@ -146,36 +146,66 @@ def analyze(sp, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> Analysis:
 
 #: measured, docs/hw/array.md §7: RequantizedArray(16, 16) on xc7 — 288 DSP, 49 081 LUT, 36 940 FF
 _ARRAY_REF = {"pes": 256, "cols": 16, "dsp": 288, "lut": 49081, "ff": 36940}
-#: measured, docs/hw/array.md §7: the whole Accelerator(default) (16×16, 16 lanes) on xc7
-_TOP_REF = {"lanes": 16, "dsp": 453, "lut": 97515, "ff": 55925}
-#: everything beside the array (vector units, controller, DMA, scratchpad ports), per lane: the
-#: measured top minus the measured array, all of it attributed to the lanes (conservative for
+#: measured, docs/hw/array.md §7: the whole Accelerator(default) (16×16, 16 lanes) on xc7, with
+#: the drain tables, per-row parameters and MOVE
+_TOP_REF = {"lanes": 16, "cols": 16, "dsp": 453, "lut": 100062, "ff": 56021, "bram": 168.5}
+#: measured: what the drain's table copies and per-row record select added to that top
+#: (97 515 → 99 826 LUT, 55 925 → 55 936 FF), per array column
+_PER_COL = {"dsp": 0.0, "lut": (99826 - 97515) / 16, "ff": (55936 - 55925) / 16}
+#: everything else beside the array (vector units, controller, DMA, scratchpad ports), per
+#: lane: the rest of the measured top, all of it attributed to the lanes (conservative for
 #: configurations with more lanes than 16, the controller/DMA part does not grow with them)
-_PER_LANE = {k: (_TOP_REF[k] - _ARRAY_REF[k]) / _TOP_REF["lanes"] for k in ("dsp", "lut", "ff")}
+_PER_LANE = {k: (_TOP_REF[k] - _ARRAY_REF[k] - _PER_COL[k] * _TOP_REF["cols"]) / _TOP_REF["lanes"]
+             for k in ("dsp", "lut", "ff")}
 _BRAM36_BYTES = 4608
+#: copies of each scratchpad in block RAM: one per read port (a block RAM serves one write and
+#: one read port; hdl/top.py: O is read by STORE and MOVE, V by both vector operands and STORE);
+#: measured on a 64 KB V: 45.0 BRAM36, on a 64 KB O with two read ports 29.0
+_SPAD_COPIES = {"A": 1, "B": 1, "O": 2, "V": 3, "P": 1}
+
+
+def scratchpad_bram_bytes(config) -> dict[str, int]:
+    """Block-RAM bytes of each scratchpad of ``config``, read-port copies included."""
+    g = Geometry.from_config(config)
+    size = {"A": config.act_buf_bytes, "B": config.weight_buf_bytes, "O": config.out_buf_bytes,
+            "V": g.v_depth * g.lanes * 4, "P": g.p_depth * g.cols * RECORD_BYTES}
+    return {k: v * _SPAD_COPIES[k] for k, v in size.items()}
+
+
+def _spad_bram36(config) -> float:
+    return sum(scratchpad_bram_bytes(config).values()) / _BRAM36_BYTES
+
+
+#: scratchpad bytes (copies included) of the measured default top: A, B 128 KiB, O 2 × 64 KiB,
+#: V 3 × 64 KiB, P 64 KiB (tests/test_report.py checks it against scratchpad_bram_bytes)
+_TOP_SPAD_BYTES = 655360
+#: block RAM beside the scratchpads (row buffers of the LayerNorm / softmax units, ...), per
+#: lane: the measured top minus its scratchpads
+_BRAM_PER_LANE = (_TOP_REF["bram"] - _TOP_SPAD_BYTES / _BRAM36_BYTES) / _TOP_REF["lanes"]
 
 
 def estimate_resources(config) -> dict[str, Any]:
     """Analytic FPGA resources of ``config``: array + requantizer scaled from the measured
-    16×16 synthesis, the rest per vector lane from the measured whole accelerator,
-    scratchpads as block RAM."""
+    16×16 synthesis, the drain per column and the rest per vector lane from the measured
+    whole accelerator, scratchpads as block RAM with one copy per read port."""
     pes, cols, lanes = config.rows * config.cols, config.cols, config.vector_lanes
     lut_pe = (_ARRAY_REF["lut"]) / _ARRAY_REF["pes"]
     ff_pe = (_ARRAY_REF["ff"]) / _ARRAY_REF["pes"]
     est = {
         "dsp": round(pes + 2 * cols + _PER_LANE["dsp"] * lanes),
-        "lut": round(lut_pe * pes + _PER_LANE["lut"] * lanes),
-        "ff": round(ff_pe * pes + _PER_LANE["ff"] * lanes),
-        "bram": round((config.act_buf_bytes + config.weight_buf_bytes + config.out_buf_bytes) / _BRAM36_BYTES, 1),
+        "lut": round(lut_pe * pes + _PER_COL["lut"] * cols + _PER_LANE["lut"] * lanes),
+        "ff": round(ff_pe * pes + _PER_COL["ff"] * cols + _PER_LANE["ff"] * lanes),
+        "bram": round(_spad_bram36(config) + _BRAM_PER_LANE * lanes, 1),
     }
     dev = config.target
     cap = {"dsp": dev.dsp, "lut": dev.lut, "ff": dev.ff, "bram": dev.bram36}
     return {
         "method": "analytic",
         "basis": "array+requantizer scaled per PE from the measured 16x16 Yosys synth_xilinx run "
-                 "(docs/hw/array.md: 288 DSP, 49081 LUT, 36940 FF); everything else scaled per vector lane "
-                 "from the measured whole default accelerator (453 DSP, 97515 LUT, 55925 FF with 16 lanes); "
-                 "scratchpads counted as BRAM36 (they read synchronously and map to block RAM)",
+                 "(docs/hw/array.md: 288 DSP, 49081 LUT, 36940 FF); the drain tables per column and "
+                 "everything else per vector lane from the measured whole default accelerator (453 DSP, "
+                 "100062 LUT, 56021 FF, 168.5 BRAM36 with 16 columns and 16 lanes); scratchpads as BRAM36, "
+                 "one copy per read port (A, B, P 1; O 2; V 3)",
         "device": dev.name, "estimate": est, "capacity": cap,
         "fraction": {k: round(est[k] / cap[k], 4) for k in est},
         "fits": all(est[k] <= cap[k] for k in est),
