@@ -580,7 +580,8 @@ class _Scheduler:
         """Rows per chunk when the attention scores go from the array to the softmax unit on
         chip (GEMM into O, MOVE into V): a multiple of the array rows whose score rows fit
         half of O, whose scores and probabilities fit half of V, and whose q rows fit half
-        of A, with one head's k rows in half of B; 0 when that cannot be done."""
+        of A, with one head's k rows in half of B and its parameters in half of P; 0 when that
+        cannot be done."""
         g = self.g
         if g.cols % g.lanes:
             return 0
@@ -589,7 +590,7 @@ class _Scheduler:
         if n > g.max_tokens or (d % g.bus_bytes) or self.spec(node.output).bits > 16:
             return 0
         lines, nt, lpr = _ceil(d, g.bus_bytes), _ceil(n, g.cols), _ceil(n, g.lanes)
-        if _ceil(n, g.cols) * lines > g.b_depth // 2:
+        if nt * lines > g.b_depth // 2 or nt > g.p_depth // 2:
             return 0
         per = min(g.o_depth // 2 // nt, v_half_lines(g) // (2 * lpr), g.a_depth // 2 // lines * g.rows)
         per = per // g.rows * g.rows
