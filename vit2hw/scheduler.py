@@ -619,14 +619,11 @@ class _Scheduler:
             for r0 in range(0, n, per):
                 rows = min(per, n - r0)
                 a_sp = self.load_half(Target.A, qr.addr + hd * d + r0 * qr.stride, rows, lines, qr.stride, True)
-                o_sp = self.halves.base(Target.O)
-                self.halves.flip(Target.O)
-                self.asm.gemm(rows, n, d, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_base,
-                              out_bits=self.spec(node.output).bits, mode=GemmMode.MUL8)
                 v = turn * half
                 turn ^= 1
-                first = len(self.asm.program.instructions)
-                self.asm.move(o_sp, v, rows, nt, lpr)
+                self.gemm_to_v(rows, n, d, a_sp, b_sp, p_base, v, lpr, out_bits=self.spec(node.output).bits,
+                               mode=GemmMode.MUL8)
+                first = len(self.asm.program.instructions) - 1          # the MOVE feeds the softmax
                 self.asm.emit(Op.SOFTMAX, src=v, dst=v + rows * lpr, rows=rows, length=length, **extra)
                 if pending is not None:
                     self.vec_store(*pending)
@@ -678,13 +675,19 @@ class _Scheduler:
         def emit(r0: int, n: int, v: int) -> None:
             first = len(self.asm.program.instructions)
             a_sp = self.load_half(Target.A, xm.addr + r0 * xm.stride, n, lines, xm.stride, True)
-            o_sp = self.halves.base(Target.O)
-            self.halves.flip(Target.O)
-            self.asm.gemm(n, ncols, k, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_base, out_bits=ys.bits,
-                          mode=mode, a_unsigned=a_unsigned)
-            self.asm.move(o_sp, v, n, nt, lpr)
+            self.gemm_to_v(n, ncols, k, a_sp, b_sp, p_base, v, lpr, out_bits=ys.bits, mode=mode,
+                           a_unsigned=a_unsigned)
             self.attribute(first, lin.name)
         return emit
+
+    def gemm_to_v(self, m: int, n: int, k_beats: int, a_sp: int, b_sp: int, p_sp: int, v: int, lpr: int,
+                  **gemm_kw) -> None:
+        """One GEMM (all its column tiles) into the next O half, then MOVE of its rows to V
+        line ``v`` (``lpr`` V lines per row)."""
+        o_sp = self.halves.base(Target.O)
+        self.halves.flip(Target.O)
+        self.asm.gemm(m, n, k_beats, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp, **gemm_kw)
+        self.asm.move(o_sp, v, m, _ceil(n, self.g.cols), lpr)
 
     def attribute(self, first: int, name: str) -> None:
         """Attribute the instructions from index ``first`` on to node ``name`` (reports)."""
