@@ -24,7 +24,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, WAIT_FIELD, WAIT_POS, Engine,
-                        Geometry, Op, engine_of)
+                        Geometry, Op, engine_of, field_offsets)
 
 from .dma import ADDR_BITS
 from .forward import MoveUnit
@@ -317,7 +317,9 @@ class VectorEngine(wiring.Component):
         g = self.g
         L = g.lanes
         m.submodules.ln, m.submodules.sm, m.submodules.vu = ln, sm, vu = self.ln, self.sm, self.vu
-        # MOVE (O → V) exists when an O line is whole V lines
+        # MOVE (O → V) exists when an O line is whole V lines; its ``dst`` is read through the
+        # LAYERNORM view below, so both must sit at the same bits
+        assert field_offsets(Op.MOVE)["dst"][0] == field_offsets(Op.LAYERNORM)["dst"][0]
         mv = None
         if g.cols % L == 0:
             m.submodules.mv = mv = MoveUnit(g.cols, L, g.o_depth)
