@@ -53,6 +53,15 @@ def test_report_schema(two_builds):
     assert rep["total_cycles"] == program_cycles(prog, cfg)
     assert rep["ideal_cycles"] <= rep["total_cycles"]
     assert sum(l["cycles"] for l in rep["per_layer"]) == rep["total_cycles"]
+    # the per-operation summary regroups the layers: same totals, every node counted once
+    ops = rep["by_op"]
+    assert sum(e["cycles"] for e in ops) == rep["total_cycles"]
+    assert sum(e["nodes"] for e in ops) == len(rep["per_layer"])
+    assert len({e["op"] for e in ops}) == len(ops) == len({l["op"] for l in rep["per_layer"]})
+    for u in ("load", "store", "array", "vector"):
+        assert sum(e["by_unit"][u] for e in ops) == rep["cycles_by_unit"][u]
+    assert [e["cycles"] for e in ops] == sorted((e["cycles"] for e in ops), reverse=True)
+    assert "Where the cycles go" in (out / "report.md").read_text()
     assert rep["latency_ms"] == pytest.approx(rep["total_cycles"] / (rep["clock_mhz"] * 1e3), rel=1e-5)
     assert rep["estimates"]["pipelined"]["total_cycles"] <= rep["total_cycles"]
     assert set(rep["bits"]) == {f"blocks.{i}.{m}" for i in range(3) for m in ("attn", "mlp")}

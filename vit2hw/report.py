@@ -30,7 +30,8 @@ from typing import Any
 from vit2hw.cyclemodel import DEFAULT_MEM_LATENCY, timeline
 from vit2hw.isa import INSTR_BYTES, RECORD_BYTES, Geometry, Op
 
-__all__ = ["REPORT_VERSION", "UNITS", "LayerStats", "Analysis", "analyze", "estimate_resources", "scratchpad_bram_bytes",
+__all__ = ["REPORT_VERSION", "UNITS", "LayerStats", "Analysis", "analyze", "by_op", "estimate_resources",
+           "scratchpad_bram_bytes",
            "build_report", "render_markdown"]
 
 REPORT_VERSION = 1
@@ -214,6 +215,22 @@ def estimate_resources(config) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ the report
 
+def by_op(layers) -> list[dict[str, Any]]:
+    """Per graph operation type (linear, softmax, ...): nodes, the cycles they add to the total
+    (their makespan shares, which sum to it), busy cycles per unit and ideal cycles; largest
+    share first. Where the time goes, at a glance."""
+    out: dict[str, dict[str, Any]] = {}
+    for l in layers:
+        e = out.setdefault(l.op, {"op": l.op, "nodes": 0, "cycles": 0, "ideal": 0,
+                                  "by_unit": {u: 0 for u in UNITS}})
+        e["nodes"] += 1
+        e["cycles"] += l.cycles
+        e["ideal"] += l.ideal
+        for u in UNITS:
+            e["by_unit"][u] += l.by_unit[u]
+    return sorted(out.values(), key=lambda e: (-e["cycles"], e["op"]))
+
+
 def build_report(sp, config, analysis: Analysis, graph_meta: dict, bits: dict | None = None,
                  synth: dict | None = None, mem_latency: int = DEFAULT_MEM_LATENCY) -> dict[str, Any]:
     """The ``report.json`` document (schema: docs/report-format.md)."""
@@ -241,6 +258,7 @@ def build_report(sp, config, analysis: Analysis, graph_meta: dict, bits: dict | 
         "utilization": round(a.utilization, 6), "macs": a.macs,
         "clock_mhz": mhz, "latency_ms": round(latency_ms, 6), "fps": round(1e3 / latency_ms, 3),
         "cycles_by_unit": {u: sum(l.by_unit[u] for l in layers) for u in UNITS},
+        "by_op": by_op(layers),
         "dram_bytes": a.total("read_bytes") + a.total("write_bytes") + a.total("fetch_bytes"),
         "dram": {"read_bytes": a.total("read_bytes"), "write_bytes": a.total("write_bytes"),
                  "fetch_bytes": a.total("fetch_bytes"), "const_read_bytes": a.total("const_read_bytes")},
@@ -296,6 +314,16 @@ def render_markdown(rep: dict[str, Any]) -> str:
         "",
         "Busy cycles by unit (they overlap): "
         + ", ".join(f"{u} {_fmt(v)}" for u, v in rep["cycles_by_unit"].items()) + ".",
+        "",
+        "Where the cycles go, by operation (each node's share of the total: the cycles by which its "
+        "instructions pushed the end; busy cycles overlap):",
+        "",
+        "| operation | nodes | share of total | cycles | array busy | vector busy | DMA busy | ideal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {e['op']} | {e['nodes']} | {e['cycles'] / max(1, rep['total_cycles']):.1%} | {_fmt(e['cycles'])} | "
+          f"{_fmt(e['by_unit']['array'])} | {_fmt(e['by_unit']['vector'])} | "
+          f"{_fmt(e['by_unit']['load'] + e['by_unit']['store'])} | {_fmt(e['ideal'])} |"
+          for e in rep["by_op"]],
         "",
         "## Estimates for further changes (not the generated hardware)",
         "",
