@@ -576,24 +576,28 @@ class _Scheduler:
                 self.unsupported(node, f"head width {d} bytes is not a multiple of the {self.g.bus_bytes}-byte bus")
             self.gemm(f"{node.name}[head {hd}]", a, b, d, p, out.view_rows(hd * n, n), ys.bits, GemmMode.MUL8)
 
+    def forward_rows(self, nt: int, lines: int, lpr: int, regions: int) -> int:
+        """Rows per chunk of a GEMM whose result is MOVEd into V: a multiple of the array rows
+        whose outputs (``nt`` column tiles) fit half of O, whose inputs (``lines`` per row) fit
+        half of A and whose ``regions`` V regions of ``lpr`` lines per row fit half of V, with
+        the B operand (``nt`` tiles × ``lines``) in half of B and the parameters in half of P;
+        0 when no such chunk exists (or an O line is not whole V lines)."""
+        g = self.g
+        if g.cols % g.lanes or nt * lines > g.b_depth // 2 or nt > g.p_depth // 2:
+            return 0
+        per = min(g.o_depth // 2 // nt, v_half_lines(g) // (regions * lpr), g.a_depth // 2 // lines * g.rows)
+        return per // g.rows * g.rows
+
     def scores_chunk_rows(self, node: Node) -> int:
         """Rows per chunk when the attention scores go from the array to the softmax unit on
-        chip (GEMM into O, MOVE into V): a multiple of the array rows whose score rows fit
-        half of O, whose scores and probabilities fit half of V, and whose q rows fit half
-        of A, with one head's k rows in half of B and its parameters in half of P; 0 when that
-        cannot be done."""
+        chip (GEMM into O, MOVE into V, scores and probabilities in V; one head's k rows in
+        B), at most the padded token count; 0 when that cannot be done."""
         g = self.g
-        if g.cols % g.lanes:
-            return 0
         n, width = self.rows_cols(self.spec(node.inputs[0]))
         d = width // node.attrs["heads"]
         if n > g.max_tokens or (d % g.bus_bytes) or self.spec(node.output).bits > 16:
             return 0
-        lines, nt, lpr = _ceil(d, g.bus_bytes), _ceil(n, g.cols), _ceil(n, g.lanes)
-        if nt * lines > g.b_depth // 2 or nt > g.p_depth // 2:
-            return 0
-        per = min(g.o_depth // 2 // nt, v_half_lines(g) // (2 * lpr), g.a_depth // 2 // lines * g.rows)
-        per = per // g.rows * g.rows
+        per = self.forward_rows(_ceil(n, g.cols), _ceil(d, g.bus_bytes), _ceil(n, g.lanes), 2)
         return min(per, _ceil(n, g.rows) * g.rows)
 
     def scores_softmax(self, node: Node, sm: Node, p: _Params) -> None:
@@ -635,20 +639,14 @@ class _Scheduler:
 
     def residual_linear_rows(self, lin: Node, regions: int) -> int:
         """Rows per chunk when ``lin``'s output goes through O and MOVE straight into the
-        V chunks of the one vector operation that uses it (a multiple of the array rows whose
-        outputs fit half of O, inputs half of A, with the whole weight in half of B and the
-        parameters in half of P); 0 when it cannot."""
+        V chunks of the one vector operation that uses it (``regions`` V regions per chunk;
+        the whole weight stays in B); 0 when it cannot."""
         g = self.g
-        w = lin.consts["weight"]
-        k, ncols = w.shape
-        if (g.cols % g.lanes or ncols % g.lanes or lin.consts["bias"].ndim != 1 or lin.output in self.transposed
+        k, ncols = lin.consts["weight"].shape
+        if (ncols % g.lanes or lin.consts["bias"].ndim != 1 or lin.output in self.transposed
                 or lin.name in self.fused or self.spec(lin.output).bits > 16 or self.spec(lin.inputs[0]).bits > 8):
             return 0
-        lines, nt, lpr = _ceil(k, g.bus_bytes), _ceil(ncols, g.cols), ncols // g.lanes
-        if nt * lines > g.b_depth // 2 or nt > g.p_depth // 2:
-            return 0
-        per = min(g.o_depth // 2 // nt, v_half_lines(g) // (regions * lpr), g.a_depth // 2 // lines * g.rows)
-        return per // g.rows * g.rows
+        return self.forward_rows(_ceil(ncols, g.cols), _ceil(k, g.bus_bytes), ncols // g.lanes, regions)
 
     def linear_into_v(self, lin: Node, lpr: int):
         """Load ``lin``'s weights and parameters once; return ``emit(r0, n, v)``: the GEMM of
@@ -831,9 +829,15 @@ class _Scheduler:
         self.vector_loop(node, rows, lpr, 2, body)
 
     def plan_fusion(self, order: list[Node]) -> None:
-        """Table lookups whose input is a linear layer's output and nothing else's run on that
-        GEMM's drain (one table copy per array column): the codes go from the requantizer
-        through the table into O, saving a STORE, a LOAD and the vector pass."""
+        """Decide which nodes run inside another's instructions (``skip``), in this order:
+
+        * a table lookup whose input is a linear layer's output and nothing else's runs on that
+          GEMM's drain (``fused``): the codes go from the requantizer through the table into O;
+        * the LayerNorm of a residual sum runs on the sum while it is in V (``ln_fused``);
+        * a linear whose only use is a residual add is computed chunk by chunk inside it and
+          MOVEd into the operand's V region (``res_linear``);
+        * attention scores whose only use is a softmax are MOVEd to it (``scores_fused``).
+        Each saves a STORE and a LOAD of the tensor handed over (the lookup also a vector pass)."""
         for node in order:
             if node.op != "lut":
                 continue
