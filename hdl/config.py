@@ -17,12 +17,14 @@ Presets (``get_preset``):
     accelerator) = 95 % of the 220 DSPs; block RAM 89 %. 12 divides 192, 576 and 768 channels and tiles
     197 tokens at 97 %.
 ``zcu102`` (xczu9eg)
-    20 x 48 array at 250 MHz, 128-bit bus, 16 vector lanes. LUTs bind, not DSPs: ~190 LUTs
-    per PE (array + requantizer), ~144 per column (the drain's table copy) and ~3 000 per
-    vector lane (the rest of the measured whole default accelerator) make ~87 % of the
-    part's 274 080 LUTs (25 rows would be 104 %). Block RAM 55 % (O and V are stored once per
-    read port: 2 and 3 copies).
-    48 divides 192, 576, 768 and 3072 channels; 197 tokens tile onto 10 x 20 = 200 rows.
+    40 x 48 array at 250 MHz, 128-bit bus, 16 vector lanes, PEs without int4 packing: each
+    PE's multiply and accumulate sit in one DSP slice (~77 LUTs per PE with the requantizer
+    instead of ~190, docs/hw/array.md §7), so the part holds twice the PEs of the packing
+    array (20 x 48, LUT-bound at 87 %). DSPs 87 % (1 920 PEs + 96 requantizer + ~10 per
+    lane), LUTs 74 %, block RAM 55 % (O and V are stored once per read port: 2 and 3
+    copies). The compiler emits no packed GEMMs today (it keeps 4-bit codes one per lane),
+    so dropping the mode costs no cycles. 48 divides 192, 576, 768 and 3072 channels;
+    197 tokens tile onto 5 x 40 = 200 rows.
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class AcceleratorConfig:
     max_tokens: int = 256           # longest row the softmax unit handles
     max_channels: int = 768         # widest row the LayerNorm unit handles
     tag_bits: int = 8
+    #: PEs with the packed two-int4 mode (fabric MAC), or without it: each PE's multiply and
+    #: accumulate in one DSP slice, ~6x fewer LUTs (hdl.pe, docs/hw/array.md §7)
+    int4_packing: bool = True
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -95,6 +100,8 @@ class AcceleratorConfig:
         for name in ("rows", "cols", "vector_lanes", "act_buf_bytes", "weight_buf_bytes",
                      "out_buf_bytes", "max_tokens", "max_channels", "tag_bits"):
             positive(name)
+        if not isinstance(self.int4_packing, bool):
+            raise ValueError(f"AcceleratorConfig.int4_packing must be true or false, got {self.int4_packing!r}")
         if self.version != CONFIG_VERSION:
             raise ValueError(f"AcceleratorConfig.version {self.version} unsupported (expected {CONFIG_VERSION})")
         if self.operand_bits != 8:
@@ -163,7 +170,7 @@ class AcceleratorConfig:
 
     @property
     def peak_macs_per_cycle(self) -> int:
-        """Int8 MACs per cycle (packed int4 mode doubles it)."""
+        """Int8 MACs per cycle (packed int4 mode, where built, doubles it)."""
         return self.pes
 
     # ------------------------------------------------------------ serialization
@@ -209,11 +216,11 @@ PRESETS: dict[str, AcceleratorConfig] = {
         act_buf_bytes=3072 * 4 * 12, weight_buf_bytes=2048 * 4 * 12, out_buf_bytes=1024 * 48,
         mem_bus_bits=32, clock_mhz=100.0, device="xc7z020"),
     "zcu102": AcceleratorConfig(
-        name="zcu102", rows=20, cols=48, vector_lanes=16,
-        # 1 Ki A lines and 512 B lines of 16 bytes per bank (a DeiT-Tiny layer's input rows and
-        # whole weight fit half of them), 1 280 int32 output rows: 55 % of the block RAM with
-        # the read-port copies of O and V
-        act_buf_bytes=1024 * 16 * 20, weight_buf_bytes=512 * 16 * 48, out_buf_bytes=1280 * 192,
+        name="zcu102", rows=40, cols=48, vector_lanes=16, int4_packing=False,
+        # 512 A and B lines of 16 bytes per bank (a DeiT-Tiny layer's input rows and whole
+        # weight fit half of them), 1 280 int32 output rows: 55 % of the block RAM with the
+        # read-port copies of O and V
+        act_buf_bytes=512 * 16 * 40, weight_buf_bytes=512 * 16 * 48, out_buf_bytes=1280 * 192,
         mem_bus_bits=128, clock_mhz=250.0, device="xczu9eg", max_channels=1024),
 }
 

@@ -165,7 +165,7 @@ class GemmEngine(wiring.Component):
         m = Module()
         g = self.g
         R, C = g.rows, g.cols
-        m.submodules.array = ra = RequantizedArray(R, C, 8, self.acc_bits, self.tag_bits)
+        m.submodules.array = ra = RequantizedArray(R, C, 8, self.acc_bits, self.tag_bits, g.int4_packing)
         cfg = view(self.instr, Op.GEMM)
         lg = (g.bus_bytes - 1).bit_length()
 

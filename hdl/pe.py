@@ -15,7 +15,18 @@ is depends on the beat's mode:
 ``Mode.SHIFT``
     ``b << (shift_base - k)``, where the low 4 bits of A are a log2 code ``k`` and
     ``k == zero_code`` adds nothing: ``intops.shift_gemm`` / ``intops.attn_v_shift``.
-    A barrel shifter, no multiplier.
+
+Two implementations with the same ports, timing and results in ``MUL8`` and ``SHIFT``:
+
+* ``int4_packing=True`` (the default): all three modes. The second int4 product and the
+  shift are logic beside the DSP multiplier, so the term and the accumulator are fabric
+  adders (~136 LUTs per PE in Yosys on xc7).
+* ``int4_packing=False``: ``MUL8`` and ``SHIFT`` only, built to map onto one DSP slice
+  whole. The shift is a multiplication by the one-hot ``2**(shift_base - k)``, so every
+  term is one product; the product register and the accumulator are the slice's M and P
+  registers (its post-adder accumulates, ``first`` selects zero instead of P). About 22
+  LUTs per PE on xc7 (docs/hw/array.md §7). ``PACKED`` beats are not allowed (the
+  assembler refuses them for such a configuration).
 
 Timing: operands presented in cycle ``t`` are forwarded in ``t+1`` (``a_out``/``b_out``/
 ``ctl_out``), the term is registered in ``t+2`` and the accumulator holds it in ``t+3``.
@@ -97,6 +108,9 @@ class PE(wiring.Component):
         Operand lane width in bits (even, at least 8; packed mode splits it in halves).
     acc_bits : int
         Accumulator width; sums wrap at this width (the integer contract forbids overflow).
+    int4_packing : bool
+        Build the ``PACKED`` mode (fabric term and accumulator) or not (the whole MAC in
+        one DSP slice; see the module docstring).
 
     Members
     -------
@@ -113,10 +127,11 @@ class PE(wiring.Component):
         ``last`` beat was added).
     """
 
-    def __init__(self, lane: int = 8, acc_bits: int = 32):
+    def __init__(self, lane: int = 8, acc_bits: int = 32, int4_packing: bool = True):
         check_pe_params(lane, acc_bits)
         self.lane = lane
         self.acc_bits = acc_bits
+        self.int4_packing = bool(int4_packing)
         super().__init__({
             "a_in": In(lane),
             "b_in": In(lane),
@@ -140,6 +155,9 @@ class PE(wiring.Component):
             self.ctl_out.eq(self.ctl_in),
         ]
         a, b, ctl = self.a_out, self.b_out, self.ctl_out
+        if not self.int4_packing:
+            self._dsp_mac(m, a, b, ctl)
+            return m
 
         def widen(x: Value) -> Value:
             # one extra bit so an unsigned A and a signed A share one signed multiplier
@@ -178,3 +196,26 @@ class PE(wiring.Component):
         with m.If(ctl2.valid):
             m.d.sync += self.acc.eq(Mux(ctl2.first, 0, self.acc) + term)
         return m
+
+    def _dsp_mac(self, m: Module, a: Value, b: Value, ctl) -> None:
+        """Stages 2 and 3 as one multiplier, its product register and an accumulator that
+        Yosys / Vivado fold into a single DSP slice."""
+        w = self.lane
+        code = a[:CODE_BITS]
+        # 2**(SHIFT_BASE - k); the zero code gives 0, so the beat adds nothing
+        # (an expression, not a case table: a comb process that Icarus never wakes would hold X)
+        weight = Signal(signed(SHIFT_BASE + 2))
+        m.d.comb += weight.eq(Mux(code == ZERO_CODE, 0, Const(1 << SHIFT_BASE, SHIFT_BASE + 1) >> code))
+        widened = Mux(ctl.a_unsigned, a.as_unsigned(), a.as_signed())
+        mul_a = Signal(signed(SHIFT_BASE + 2))
+        m.d.comb += mul_a.eq(Mux(ctl.mode == Mode.SHIFT, weight, widened))
+
+        # stage 2: the product (the slice's M register)
+        product = Signal(signed(SHIFT_BASE + 2 + w))
+        ctl2 = Signal(ctl_layout())
+        m.d.sync += [product.eq(mul_a * b.as_signed()), ctl2.eq(ctl)]
+
+        # stage 3: accumulate (the slice's P register and post-adder)
+        m.d.sync += self.done.eq(ctl2.valid & ctl2.last)
+        with m.If(ctl2.valid):
+            m.d.sync += self.acc.eq(Mux(ctl2.first, 0, self.acc) + product)

@@ -208,8 +208,9 @@ class RequantizedArray(wiring.Component):
         The array is busy or a row is still in the requantizer.
     """
 
-    def __init__(self, rows: int, cols: int, lane: int = 8, acc_bits: int = 32, tag_bits: int = 8):
-        self.array = SystolicArray(rows, cols, lane, acc_bits, tag_bits)
+    def __init__(self, rows: int, cols: int, lane: int = 8, acc_bits: int = 32, tag_bits: int = 8,
+                 int4_packing: bool = True):
+        self.array = SystolicArray(rows, cols, lane, acc_bits, tag_bits, int4_packing)
         self.rows, self.cols, self.tag_bits = rows, cols, tag_bits
         self.row_bits = max(1, (rows - 1).bit_length())
         user_bits = self.row_bits + tag_bits

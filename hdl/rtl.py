@@ -47,7 +47,8 @@ def _units(config, g: Geometry):
     from .vector import VectorUnit
     L = g.lanes
     return [
-        ("requantized_array", RequantizedArray(config.rows, config.cols, 8, config.acc_bits, config.tag_bits)),
+        ("requantized_array", RequantizedArray(config.rows, config.cols, 8, config.acc_bits, config.tag_bits,
+                                                config.int4_packing)),
         ("layernorm_unit", LayerNormUnit(lanes=L, max_channels=g.max_channels, in_bits=8, out_width=16)),
         ("softmax_unit", SoftmaxUnit(lanes=L, max_len=g.max_tokens, score_bits=16)),
         ("vector_unit", VectorUnit(lanes=L, max_channels=g.max_channels, in_width=16, out_width=16,

@@ -133,6 +133,8 @@ class SystolicArray(wiring.Component):
         Accumulator width (32).
     tag_bits : int
         Width of the opaque tile tag carried from a tile's ``last`` beat to its output rows.
+    int4_packing : bool
+        PEs with the ``PACKED`` mode, or DSP-slice MACs without it (:class:`~hdl.pe.PE`).
 
     Members
     -------
@@ -150,7 +152,8 @@ class SystolicArray(wiring.Component):
         A tile has been accepted (its ``last`` beat) but not fully drained.
     """
 
-    def __init__(self, rows: int, cols: int, lane: int = 8, acc_bits: int = 32, tag_bits: int = 8):
+    def __init__(self, rows: int, cols: int, lane: int = 8, acc_bits: int = 32, tag_bits: int = 8,
+                 int4_packing: bool = True):
         if rows < 1 or cols < 1:
             raise ValueError(f"array shape must be positive, got {rows}x{cols}")
         if tag_bits < 1:
@@ -158,6 +161,7 @@ class SystolicArray(wiring.Component):
         check_pe_params(lane, acc_bits)
         self.rows, self.cols = rows, cols
         self.lane, self.acc_bits, self.tag_bits = lane, acc_bits, tag_bits
+        self.int4_packing = bool(int4_packing)
         super().__init__({
             "i": In(stream.Signature(input_layout(rows, cols, lane, tag_bits))),
             "o": Out(drain_signature(output_layout(rows, cols, acc_bits, tag_bits))),
@@ -198,7 +202,7 @@ class SystolicArray(wiring.Component):
                 cur = nxt
             return cur
 
-        pes = [[PE(self.lane, self.acc_bits) for _ in range(C)] for _ in range(R)]
+        pes = [[PE(self.lane, self.acc_bits, self.int4_packing) for _ in range(C)] for _ in range(R)]
         for p in range(R):
             for j in range(C):
                 m.submodules[f"pe_{p}_{j}"] = pes[p][j]

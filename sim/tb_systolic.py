@@ -1,6 +1,7 @@
 """cocotb testbench of ``hdl.systolic.SystolicArray`` against ``vit2hw.intops`` and ``tile_cycles``.
 
-Parameters (``tb_params``): ``rows``, ``cols``, ``tag_bits``, ``seed``.
+Parameters (``tb_params``): ``rows``, ``cols``, ``tag_bits``, ``seed``, ``int4_packing``
+(false: no ``PACKED`` tiles).
 
 * ``array_tiles_bit_exact``: a random mix of tiles in every mode (random and extreme
   operands, K from 1 to beyond R, odd K in packed mode), offered back to back with random
@@ -114,7 +115,7 @@ async def array_tiles_bit_exact(dut):
     rows, cols, tag_bits = p["rows"], p["cols"], p.get("tag_bits", 8)
     rng = np.random.default_rng(p.get("seed", 1))
     tiles = []
-    for mode in Mode:
+    for mode in (Mode if p.get("int4_packing", True) else (Mode.MUL8, Mode.SHIFT)):
         for k in sorted({1, 2, max(1, rows - 1), rows, rows + 3, 3 * rows + 1}):
             unsigned = mode != Mode.SHIFT and bool(rng.integers(0, 2))
             tiles.append(random_tile(rng, rows, cols, k, mode, unsigned))
@@ -137,6 +138,8 @@ async def array_cycles_match_model(dut):
     await _reset(dut)
     cases = [(Mode.MUL8, rows + 2, 3), (Mode.MUL8, max(1, rows // 2), 3), (Mode.MUL8, 1, 2),
              (Mode.PACKED, 2 * rows + 3, 3), (Mode.SHIFT, rows, 2)]
+    if not p.get("int4_packing", True):
+        cases = [c for c in cases if c[0] != Mode.PACKED]
     for mode, k, n_tiles in cases:
         tiles = [random_tile(rng, rows, cols, k, mode, tag=n % (1 << tag_bits)) for n in range(n_tiles)]
         got, acc_cyc, out_cyc = await _run(dut, tiles, rows, cols, tag_bits)

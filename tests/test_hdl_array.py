@@ -24,6 +24,25 @@ def test_pe_bit_exact_all_modes(tmp_path):
     assert run_cocotb([src], "pe", "sim.tb_pe", tmp_path / "sim", params={"seed": 5}).tests == 1
 
 
+def test_dsp_mac_pe_bit_exact(tmp_path):
+    """The PE without int4 packing (one DSP-slice MAC; shift as a one-hot multiplication) gives
+    the same int8 and every-shift-code dot products as intops."""
+    src = write_verilog(PE(int4_packing=False), "pe", tmp_path / "pe.v")
+    assert run_cocotb([src], "pe", "sim.tb_pe", tmp_path / "sim",
+                      params={"seed": 6, "int4_packing": False}).tests == 1
+
+
+@pytest.mark.parametrize("rows, cols", [(3, 5), (4, 4)], ids=lambda v: str(v))
+def test_dsp_mac_array_bit_exact_and_cycles(tmp_path, rows, cols):
+    """An array of DSP-slice PEs: same results and the same tile_cycles() as the packing array."""
+    src = write_verilog(SystolicArray(rows, cols, tag_bits=5, int4_packing=False), "systolic_array",
+                        tmp_path / "sa.v")
+    res = run_cocotb([src], "systolic_array", "sim.tb_systolic", tmp_path / "sim",
+                     params={"rows": rows, "cols": cols, "tag_bits": 5, "seed": 3 + rows * cols,
+                             "int4_packing": False})
+    assert res.tests == 2
+
+
 @pytest.mark.parametrize("rows, cols", SHAPES, ids=lambda v: str(v))
 def test_array_bit_exact_and_cycles(tmp_path, rows, cols):
     """Back-to-back tiles in all modes equal intops; cycles of T tiles equal tile_cycles()."""

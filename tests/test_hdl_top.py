@@ -9,6 +9,8 @@ byte and the ``cycles`` counter. Also: Verilog lint and deterministic emission.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 import subprocess
@@ -413,6 +415,29 @@ def test_top_scores_forwarded_to_softmax(tmp_path):
                                              forward_softmax=True)])
     _run(tmp_path / "small", SMALL, [gemm_case(SMALL, rng, 6, 8, 9, name="scores_move", out_ebytes=2,
                                                forward_softmax=True)], latency=3)
+
+
+def test_top_dsp_mac_array(tmp_path):
+    """An accelerator whose PEs are DSP-slice MACs (int4_packing=False): tiled int8 GEMMs
+    (signed, per-row parameters, fused table) and the shift-mode P·V are bit-exact and take
+    exactly the modelled cycles; the array's timing is that of the packing PEs."""
+    cfg = dataclasses.replace(SMALL, name="small4x4-mac", int4_packing=False)
+    rng = np.random.default_rng(31)
+    _run(tmp_path, cfg, [gemm_case(cfg, rng, 10, 11, 7), gemm_case(cfg, rng, 6, 9, 5, GemmMode.SHIFT, "pv_shift"),
+                         gemm_case(cfg, rng, 11, 7, 3, name="row_params", row_params=True),
+                         gemm_case(cfg, rng, 6, 9, 7, name="gemm_gelu8", out_ebytes=2, lut_bits=8)], latency=3)
+
+
+def test_packed_gemm_refused_without_int4_packing():
+    """A PACKED GEMM cannot be assembled, nor interpreted, for PEs built without the mode."""
+    from vit2hw.isa import ProgramError
+    from vit2hw.isasim import IsaSimError, run_program
+    cfg = dataclasses.replace(SMALL, int4_packing=False)
+    with pytest.raises(ProgramError, match="int4_packing"):
+        gemm_case(cfg, np.random.default_rng(1), 5, 7, 6, GemmMode.PACKED, "gemm_int4")
+    prog = gemm_case(SMALL, np.random.default_rng(1), 5, 7, 6, GemmMode.PACKED, "gemm_int4").program
+    with pytest.raises(IsaSimError, match="int4_packing"):
+        run_program(prog, cfg, mem_size=MEM_SIZE)
 
 
 def test_top_back_pressure(tmp_path):

@@ -389,6 +389,8 @@ class Geometry:
     p_depth: int
     max_channels: int
     max_tokens: int
+    #: the array's PEs have the PACKED (two int4 MACs per beat) mode
+    int4_packing: bool = True
 
     @classmethod
     def from_config(cls, config) -> "Geometry":
@@ -412,7 +414,8 @@ class Geometry:
                    p_depth=max(8, o_depth // 4),
                    # the LayerNorm / softmax row buffers hold whole beats of ``lanes``
                    max_channels=-(-config.max_channels // config.vector_lanes) * config.vector_lanes,
-                   max_tokens=-(-config.max_tokens // config.vector_lanes) * config.vector_lanes)
+                   max_tokens=-(-config.max_tokens // config.vector_lanes) * config.vector_lanes,
+                   int4_packing=bool(getattr(config, "int4_packing", True)))
 
     def words_per_line(self, target: Target | int, ebytes: int = 1) -> int:
         """Bus words of external memory per scratchpad line (or per constant record)."""
@@ -577,6 +580,9 @@ class Assembler:
         ``row_params``: output row ``r`` uses record ``r % cols`` of P line ``p_addr + r // cols``
         in every column (per-row requantization; one column tile)."""
         g = self.g
+        if GemmMode(mode) == GemmMode.PACKED and not g.int4_packing:
+            raise ProgramError("GEMM mode PACKED needs an array built with int4_packing "
+                               "(this configuration's PEs are DSP-slice MACs without it)")
         if row_params and (bias_per_row or -(-n // g.cols) != 1):
             raise ProgramError("GEMM row_params needs a single column tile and no bias_per_row")
         if lut_bits and (bypass or out_bits != lut_bits or not out_signed or lut_bits > 8):

@@ -183,6 +183,8 @@ def _gemm(st: MachineState, ins: Instruction) -> None:
         x = a if ins["a_unsigned"] else _low_signed(a, 8)
         acc = I.int_gemm(x, _low_signed(b, 8).T, 8, 8, x_signed=not ins["a_unsigned"])
     elif mode == GemmMode.PACKED:
+        if not g.int4_packing:
+            raise IsaSimError("GEMM mode PACKED on an array built without int4_packing")
         lo = lambda v: _low_signed(v, 4)
         hi = lambda v: _low_signed(v >> 4, 4)
         acc = I.int_gemm(lo(a), lo(b).T, 4, 4) + I.int_gemm(hi(a), hi(b).T, 4, 4)

@@ -147,6 +147,9 @@ def analyze(sp, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> Analysis:
 
 #: measured, docs/hw/array.md §7: RequantizedArray(16, 16) on xc7 — 288 DSP, 49 081 LUT, 36 940 FF
 _ARRAY_REF = {"pes": 256, "cols": 16, "dsp": 288, "lut": 49081, "ff": 36940}
+#: measured, docs/hw/array.md §7: RequantizedArray(16, 16, int4_packing=False) on xc7 (each
+#: PE's multiply and accumulate in its DSP slice) — 288 DSP, 19 670 LUT, 22 860 FF
+_MAC_ARRAY_REF = {"pes": 256, "cols": 16, "dsp": 288, "lut": 19670, "ff": 22860}
 #: measured, docs/hw/array.md §7: the whole Accelerator(default) (16×16, 16 lanes) on xc7, with
 #: the drain tables, per-row parameters and MOVE
 _TOP_REF = {"lanes": 16, "cols": 16, "dsp": 453, "lut": 100062, "ff": 56021, "bram": 168.5}
@@ -190,8 +193,10 @@ def estimate_resources(config) -> dict[str, Any]:
     16×16 synthesis, the drain per column and the rest per vector lane from the measured
     whole accelerator, scratchpads as block RAM with one copy per read port."""
     pes, cols, lanes = config.rows * config.cols, config.cols, config.vector_lanes
-    lut_pe = (_ARRAY_REF["lut"]) / _ARRAY_REF["pes"]
-    ff_pe = (_ARRAY_REF["ff"]) / _ARRAY_REF["pes"]
+    packing = getattr(config, "int4_packing", True)
+    array_ref = _ARRAY_REF if packing else _MAC_ARRAY_REF
+    lut_pe = array_ref["lut"] / array_ref["pes"]
+    ff_pe = array_ref["ff"] / array_ref["pes"]
     est = {
         "dsp": round(pes + 2 * cols + _PER_LANE["dsp"] * lanes),
         "lut": round(lut_pe * pes + _PER_COL["lut"] * cols + _PER_LANE["lut"] * lanes),
@@ -203,7 +208,9 @@ def estimate_resources(config) -> dict[str, Any]:
     return {
         "method": "analytic",
         "basis": "array+requantizer scaled per PE from the measured 16x16 Yosys synth_xilinx run "
-                 "(docs/hw/array.md: 288 DSP, 49081 LUT, 36940 FF); the drain tables per column and "
+                 + ("(docs/hw/array.md: 288 DSP, 49081 LUT, 36940 FF)" if packing else
+                    "of the DSP-slice MAC PEs, int4_packing off (docs/hw/array.md: 288 DSP, 19670 LUT, 22860 FF)")
+                 + "; the drain tables per column and "
                  "everything else per vector lane from the measured whole default accelerator (453 DSP, "
                  "100062 LUT, 56021 FF, 168.5 BRAM36 with 16 columns and 16 lanes); scratchpads as BRAM36, "
                  "one copy per read port (A, B, P 1; O 2; V 3)",
