@@ -57,8 +57,8 @@ class Controller(wiring.Component):
 
     An instruction issues once its engine is idle and every engine named in its ``wait``
     field (:data:`vit2hw.isa.WAIT_FIELD`) is idle; the sequencer then fetches the next one
-    while the engines run. Fetching uses the memory port, so it waits for the DMA engine
-    to be idle. FENCE and END wait for all engines.
+    while the engines run (instructions come through their own memory port, so a fetch
+    never waits for the DMA engine). FENCE and END wait for all engines.
 
     Members
     -------
@@ -77,8 +77,6 @@ class Controller(wiring.Component):
         The opcode of ``instr``.
     engine_busy : In(len(Engine))
         Busy flag of each engine, bit ``e`` for :class:`vit2hw.isa.Engine` ``e``.
-    fetching : Out(1)
-        The fetcher owns the memory bus.
     """
 
     def __init__(self):
@@ -87,7 +85,6 @@ class Controller(wiring.Component):
             "running": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
             "fetch_go": Out(1), "pc": Out(ADDR_BITS), "fetch_busy": In(1), "instr": In(INSTR_BITS),
             "go": Out(len(Engine)), "opcode": Out(OPCODE_BITS), "engine_busy": In(len(Engine)),
-            "fetching": Out(1),
         })
 
     def elaborate(self, platform):
@@ -111,11 +108,9 @@ class Controller(wiring.Component):
                                  self.error.eq(0), self.running.eq(1)]
                     m.next = "FETCH"
             with m.State("FETCH"):
-                with m.If(~busy[Engine.DMA]):
-                    m.d.comb += [self.fetch_go.eq(1), self.fetching.eq(1)]
-                    m.next = "WAIT_FETCH"
+                m.d.comb += self.fetch_go.eq(1)
+                m.next = "WAIT_FETCH"
             with m.State("WAIT_FETCH"):
-                m.d.comb += self.fetching.eq(1)
                 with m.If(~self.fetch_busy):
                     m.next = "ISSUE"
             with m.State("ISSUE"):

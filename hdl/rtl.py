@@ -22,21 +22,21 @@ from .emit import write_verilog
 __all__ = ["TOP_MODULE", "write_rtl", "check_resources"]
 
 TOP_MODULE = "vit2hw_accelerator"
-#: the array's measured cost per PE on xc7 (docs/hw/array.md): one DSP, ~170 LUTs
-_LUTS_PER_PE = 170
 
 
-def check_resources(config) -> None:
-    """``ValueError`` if the array cannot fit the configuration's target device."""
-    dev = config.target
-    dsp = config.rows * config.cols + 2 * config.cols
-    if dsp > dev.dsp:
-        raise ValueError(f"a {config.rows}x{config.cols} array needs {dsp} DSP slices; "
-                         f"{dev.name} has {dev.dsp}")
-    luts = config.rows * config.cols * _LUTS_PER_PE
-    if luts > dev.lut:
-        raise ValueError(f"a {config.rows}x{config.cols} array needs about {luts} LUTs; "
-                         f"{dev.name} has {dev.lut}")
+def check_resources(config) -> dict:
+    """The analytic resource estimate of ``config`` (``vit2hw.report.estimate_resources``:
+    the array of its PE kind, drain, vector lanes, scratchpads); ``ValueError`` naming every
+    resource it exceeds on the configuration's target device."""
+    from vit2hw.report import estimate_resources
+    res = estimate_resources(config)
+    if not res["fits"]:
+        names = {"dsp": "DSP slices", "lut": "LUTs", "ff": "flip-flops", "bram": "BRAM36"}
+        over = [f"{names[k]} {res['estimate'][k]} > {res['capacity'][k]}" for k in res["estimate"]
+                if res["estimate"][k] > res["capacity"][k]]
+        raise ValueError(f"{config.name} ({config.rows}x{config.cols}) does not fit {res['device']} "
+                         f"(analytic estimate: {', '.join(over)})")
+    return res
 
 
 def _units(config, g: Geometry):

@@ -1,7 +1,9 @@
 """The accelerator top level: scratchpads, DMA engines, compute engines and the sequencer.
 
-``Accelerator(config)`` has one external memory port (``mem``, see :mod:`hdl.dma`) and a
-small control interface:
+``Accelerator(config)`` has two external memory ports with the bus of :mod:`hdl.dma`:
+``mem`` for the DMA engine's LOADs and STOREs and ``imem`` (read only) for instruction
+fetches, so the sequencer fetches the next instruction while a transfer runs (both may be
+the same memory: programs never write their own instructions). The control interface:
 
 ========== ====== =========================================================================
 ``start``  In(1)  pulse: run the program whose first instruction is at byte ``prog_addr``
@@ -15,7 +17,8 @@ small control interface:
 Verilog ports: ``clk``, ``rst`` (synchronous, active high), ``start``, ``prog_addr``,
 ``busy``, ``done``, ``error``, ``cycles``, ``mem__req_valid``, ``mem__req_ready``,
 ``mem__req_addr``, ``mem__req_we``, ``mem__req_wdata``, ``mem__req_wstrb``,
-``mem__resp_valid``, ``mem__resp_rdata``. The ISA is in ``docs/isa.md``.
+``mem__resp_valid``, ``mem__resp_rdata`` and the same ``imem__*`` (``imem__req_we`` is
+always low). The ISA is in ``docs/isa.md``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Accelerator(wiring.Component):
             "start": In(1), "prog_addr": In(ADDR_BITS),
             "busy": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
             "mem": Out(mem_bus_signature(config.mem_bus_bits)),
+            "imem": Out(mem_bus_signature(config.mem_bus_bits)),
         })
 
     def elaborate(self, platform):
@@ -64,7 +68,7 @@ class Accelerator(wiring.Component):
         m.submodules.store = store = StoreEngine(g)
         m.submodules.gemm = gemm = GemmEngine(g, cfg.acc_bits, cfg.tag_bits)
         m.submodules.vec = vec = VectorEngine(g)
-        m.submodules.busmux = bus = BusMux(cfg.mem_bus_bits, 3)
+        m.submodules.busmux = bus = BusMux(cfg.mem_bus_bits, 2)
 
         # each engine keeps its instruction from its issue cycle on: the sequencer fetches
         # the next one while it runs
@@ -94,20 +98,18 @@ class Accelerator(wiring.Component):
             ctrl.engine_busy.eq(Cat(*engine_busy)),
             bus.sel.eq(0),
         ]
-        # the sequencer fetches only while the DMA engine is idle, so the port has one user
-        with m.If(~ctrl.fetching & (dma_op == Op.LOAD)):
+        # the DMA engine runs one transfer at a time, so the data port has one user
+        with m.If(dma_op == Op.STORE):
             m.d.comb += bus.sel.eq(1)
-        with m.Elif(~ctrl.fetching & (dma_op == Op.STORE)):
-            m.d.comb += bus.sel.eq(2)
         v_load, v_store = view(held["dma"], Op.LOAD), view(held["dma"], Op.STORE)
         for name, _ in load.cfg.signature.members.items():
             m.d.comb += getattr(load.cfg, name).eq(getattr(v_load, name))
         for name, _ in store.cfg.signature.members.items():
             m.d.comb += getattr(store.cfg, name).eq(getattr(v_store, name))
 
-        wiring.connect(m, fetch.bus, bus.m0)
-        wiring.connect(m, load.bus, bus.m1)
-        wiring.connect(m, store.bus, bus.m2)
+        wiring.connect(m, fetch.bus, wiring.flipped(self.imem))
+        wiring.connect(m, load.bus, bus.m0)
+        wiring.connect(m, store.bus, bus.m1)
         wiring.connect(m, bus.ext, wiring.flipped(self.mem))
 
         # ---- LOAD destinations

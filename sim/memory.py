@@ -1,4 +1,5 @@
-"""cocotb model of the external memory behind the accelerator's ``mem`` port.
+"""cocotb model of the external memory behind one of the accelerator's ports (``mem``,
+``imem``; two models given the same ``data`` serve both ports from one memory).
 
 Implements the bus of :mod:`hdl.dma`: a request is accepted in a cycle where
 ``req_valid`` and ``req_ready`` are high; a read is answered ``latency`` cycles later
@@ -31,10 +32,12 @@ class MemoryModel:
     size : bytes of memory
     latency : cycles from an accepted read to its response (>= 1)
     ready_prob : probability that ``req_ready`` is high in a cycle
+    prefix : the port's signal name prefix
+    data : the contents to share with another port's model (default: ``size`` zero bytes)
     """
 
     def __init__(self, dut, size: int, latency: int = 1, ready_prob: float = 1.0, seed: int = 0,
-                 prefix: str = "mem__"):
+                 prefix: str = "mem__", data: bytearray | None = None):
         if latency < 1:
             raise ValueError("memory latency must be at least one cycle")
         self.dut = dut
@@ -42,7 +45,7 @@ class MemoryModel:
             "req_valid", "req_ready", "req_addr", "req_we", "req_wdata", "req_wstrb",
             "resp_valid", "resp_rdata")}
         self.bus_bytes = len(self.p["req_wdata"]) // 8
-        self.data = bytearray(size)
+        self.data = bytearray(size) if data is None else data
         self.latency = latency
         self.ready_prob = ready_prob
         self.rng = random.Random(seed)

@@ -43,8 +43,9 @@ class IdleSkippingMemory(MemoryModel):
     their request, as in the base model.
     """
 
-    def __init__(self, dut, size: int, latency: int, period_ns: int):
-        super().__init__(dut, size, latency=latency)
+    def __init__(self, dut, size: int, latency: int, period_ns: int, prefix: str = "mem__",
+                 data: bytearray | None = None):
+        super().__init__(dut, size, latency=latency, prefix=prefix, data=data)
         self.period = period_ns
 
     def _cycle(self) -> int:
@@ -97,11 +98,12 @@ async def _run_one(dut, spec: dict, run: dict, base: bytes) -> dict:
     mem = IdleSkippingMemory(dut, spec["mem_size"], spec["latency"], period)
     mem.data[:len(base)] = base
     mem.load_segments(Program.from_bytes(Path(run["overlay"]).read_bytes()).segments)
+    imem = IdleSkippingMemory(dut, spec["mem_size"], spec["latency"], period, prefix="imem__", data=mem.data)
     dut.rst.value = 1
     dut.start.value = 0
     await ClockCycles(dut.clk, 3)
     dut.rst.value = 0
-    server = cocotb.start_soon(mem.run())
+    server, iserver = cocotb.start_soon(mem.run()), cocotb.start_soon(imem.run())
     await RisingEdge(dut.clk)
     dut.prog_addr.value = spec["entry"]
     dut.start.value = 1
@@ -117,15 +119,17 @@ async def _run_one(dut, spec: dict, run: dict, base: bytes) -> dict:
     measured = round((get_sim_time("ns") - t_start) / period)
     await RisingEdge(dut.clk)             # let `cycles` settle past the edge that raised done
     server.cancel()
+    iserver.cancel()
     counter = int(dut.cycles.value)
     error = bool(int(dut.error.value))
     Path(run["out"]).write_bytes(bytes(mem.data))
+    reads = mem.reads + imem.reads           # both ports: data and instruction words
     dut._log.info("%s: %d cycles in %.1f s (%.0f cycles/s), %d reads, %d writes%s", run["name"], counter,
-                  wall, counter / max(wall, 1e-9), mem.reads, mem.writes, " ERROR" if error else "")
+                  wall, counter / max(wall, 1e-9), reads, mem.writes, " ERROR" if error else "")
     assert measured == counter, (f"{run['name']}: the cycles counter says {counter}, the bench measured "
                                  f"{measured} cycles from start to done")
     return {"name": run["name"], "cycles": counter, "measured_cycles": measured, "error": error,
-            "wall_s": wall, "mem_reads": mem.reads, "mem_writes": mem.writes}
+            "wall_s": wall, "mem_reads": reads, "mem_writes": mem.writes}
 
 
 @cocotb.test()

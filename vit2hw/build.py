@@ -31,21 +31,21 @@ class BuildResult:
 def resolve_build_config(config_file: str | None, target: str | None, array: str | None,
                          allow_overfit: bool = False):
     """The AcceleratorConfig of the options (``ValueError`` for bad input). Without
-    ``allow_overfit`` an array beyond the device's DSPs/LUTs is an error (``hdl.rtl.check_resources``)."""
+    ``allow_overfit`` a design beyond the device's resources is an error (``hdl.rtl.check_resources``)."""
     from vit2hw.cli_rtl import resolve_config
     return resolve_config(config_file, target, array, check=not allow_overfit)
 
 
 def check_fit(config, allow_overfit: bool = False) -> dict:
     """The analytic resource estimate; ``ValueError`` if it exceeds the device (unless allowed)."""
+    from hdl.rtl import check_resources
     from vit2hw.report import estimate_resources
-    res = estimate_resources(config)
-    if not res["fits"] and not allow_overfit:
-        over = [f"{k} {res['estimate'][k]} > {res['capacity'][k]}" for k in res["estimate"]
-                if res["estimate"][k] > res["capacity"][k]]
-        raise ValueError(f"{config.name} ({config.rows}x{config.cols}) does not fit {res['device']} "
-                         f"(analytic estimate: {', '.join(over)}); pass --allow-overfit to build anyway")
-    return res
+    if allow_overfit:
+        return estimate_resources(config)
+    try:
+        return check_resources(config)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; pass --allow-overfit to build anyway") from None
 
 
 def _bits(graph) -> dict:

@@ -2,7 +2,8 @@
 
 The sequencer (``hdl/controller.py``) fetches instructions in order and issues each to
 its engine (DMA, GEMM or vector) once that engine and every engine in the instruction's
-``wait`` field are idle; fetching needs the memory port, so it waits for the DMA engine.
+``wait`` field are idle; instructions come through their own memory port, so a fetch never
+waits for the DMA engine.
 :func:`timeline` replays exactly that: per instruction the fetch, issue and finish cycle,
 from the engines' busy times (closed forms from the array / vector-unit formulas below and
 the memory's read latency). The cocotb test of the top level (``tests/test_hdl_top.py``)
@@ -179,8 +180,9 @@ class Sequencer:
         self.t = 1                           # the sequencer enters FETCH the cycle after start
 
     def fetch_cycle(self) -> int:
-        """When the next fetch begins (fetching needs the memory port, so the DMA engine idle)."""
-        return max(self.t, self.free[Engine.DMA])
+        """When the next fetch begins: the cycle after the previous issue (instructions have
+        their own memory port, so a running transfer does not hold the fetch back)."""
+        return self.t
 
     def issue_cycle(self, engine: Engine | None, waits=()) -> int:
         """When an instruction for ``engine`` (None: END/FENCE, which wait for every engine)
