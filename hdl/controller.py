@@ -3,7 +3,7 @@
 :class:`Controller` is the program FSM: fetch one instruction, issue it to the engine it
 names once that engine (and every engine its ``wait`` field names) is idle, go on with the
 next word (``pc += 32``) until END.
-The DMA, GEMM and vector engines run concurrently; instructions issue in program order
+The DMA, weight-DMA, GEMM and vector engines run concurrently; instructions issue in program order
 and carry their cross-engine dependencies in their ``wait`` field, so the schedule is a
 deterministic function of the program that ``vit2hw.cyclemodel`` replays exactly.
 
@@ -23,8 +23,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, WAIT_FIELD, WAIT_POS, Engine,
-                        Geometry, Op, engine_of, field_offsets)
+from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, WAIT_FIELD, WAIT_POS,
+                        WDMA_TARGETS, Engine, Geometry, Op, engine_of, field_offsets)
 
 from .dma import ADDR_BITS
 from .forward import MoveUnit
@@ -93,9 +93,18 @@ class Controller(wiring.Component):
         wait = self.instr[WAIT_POS:WAIT_POS + WAIT_FIELD.bits]
         busy = self.engine_busy
         target = Signal(len(Engine))
+        load_target = view(self.instr, Op.LOAD).target
+        to_wdma = Signal()
+        m.d.comb += to_wdma.eq(0)
+        for t in WDMA_TARGETS:
+            with m.If(load_target == t):
+                m.d.comb += to_wdma.eq(1)
         for o in Op:
             e = engine_of(o)
-            if e is not None:
+            if o == Op.LOAD:              # weights and constants go to the weight DMA
+                with m.If(op == o):
+                    m.d.comb += target.eq(Mux(to_wdma, 1 << int(Engine.WDMA), 1 << int(e)))
+            elif e is not None:
                 with m.If(op == o):
                     m.d.comb += target.eq(1 << int(e))
         m.d.comb += self.opcode.eq(op)

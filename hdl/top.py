@@ -1,9 +1,12 @@
 """The accelerator top level: scratchpads, DMA engines, compute engines and the sequencer.
 
-``Accelerator(config)`` has two external memory ports with the bus of :mod:`hdl.dma`:
-``mem`` for the DMA engine's LOADs and STOREs and ``imem`` (read only) for instruction
-fetches, so the sequencer fetches the next instruction while a transfer runs (both may be
-the same memory: programs never write their own instructions). The control interface:
+``Accelerator(config)`` has three external memory ports with the bus of :mod:`hdl.dma`, all
+views of one memory: ``mem`` for the DMA engine (LOADs of activations into A and V, every
+STORE), ``wmem`` (read only) for the weight DMA engine (LOADs of weights, parameters and
+constants into B, P and the constant memories) and ``imem`` (read only) for instruction
+fetches. So weights stream in while activations move, and the sequencer fetches the next
+instruction while transfers run (programs never write their own instructions). The control
+interface:
 
 ========== ====== =========================================================================
 ``start``  In(1)  pulse: run the program whose first instruction is at byte ``prog_addr``
@@ -17,8 +20,8 @@ the same memory: programs never write their own instructions). The control inter
 Verilog ports: ``clk``, ``rst`` (synchronous, active high), ``start``, ``prog_addr``,
 ``busy``, ``done``, ``error``, ``cycles``, ``mem__req_valid``, ``mem__req_ready``,
 ``mem__req_addr``, ``mem__req_we``, ``mem__req_wdata``, ``mem__req_wstrb``,
-``mem__resp_valid``, ``mem__resp_rdata`` and the same ``imem__*`` (``imem__req_we`` is
-always low). The ISA is in ``docs/isa.md``.
+``mem__resp_valid``, ``mem__resp_rdata`` and the same ``wmem__*`` and ``imem__*``
+(their ``req_we`` is always low). The ISA is in ``docs/isa.md``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Accelerator(wiring.Component):
             "start": In(1), "prog_addr": In(ADDR_BITS),
             "busy": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
             "mem": Out(mem_bus_signature(config.mem_bus_bits)),
+            "wmem": Out(mem_bus_signature(config.mem_bus_bits)),
             "imem": Out(mem_bus_signature(config.mem_bus_bits)),
         })
 
@@ -64,7 +68,8 @@ class Accelerator(wiring.Component):
 
         m.submodules.ctrl = ctrl = Controller()
         m.submodules.fetch = fetch = Fetcher(cfg.mem_bus_bits)
-        m.submodules.load = load = LoadEngine(g)
+        m.submodules.load = load = LoadEngine(g)       # A, V from mem
+        m.submodules.wload = wload = LoadEngine(g)     # B, P, constants from wmem
         m.submodules.store = store = StoreEngine(g)
         m.submodules.gemm = gemm = GemmEngine(g, cfg.acc_bits, cfg.tag_bits)
         m.submodules.vec = vec = VectorEngine(g)
@@ -74,9 +79,10 @@ class Accelerator(wiring.Component):
         # the next one while it runs
         fetched = fetch.instr
         op = ctrl.opcode
-        go_dma, go_gemm, go_vec = (ctrl.go[e] for e in (Engine.DMA, Engine.GEMM, Engine.VECTOR))
+        go_dma, go_gemm, go_vec, go_wdma = (ctrl.go[e] for e in (Engine.DMA, Engine.GEMM, Engine.VECTOR,
+                                                                 Engine.WDMA))
         held = {}
-        for name, go in (("dma", go_dma), ("gemm", go_gemm), ("vec", go_vec)):
+        for name, go in (("dma", go_dma), ("gemm", go_gemm), ("vec", go_vec), ("wdma", go_wdma)):
             ir = Signal(len(fetched), name=f"ir_{name}")
             with m.If(go):
                 m.d.sync += ir.eq(fetched)
@@ -86,13 +92,14 @@ class Accelerator(wiring.Component):
         engine_busy[Engine.DMA] = load.busy | store.busy
         engine_busy[Engine.GEMM] = gemm.busy
         engine_busy[Engine.VECTOR] = vec.busy
+        engine_busy[Engine.WDMA] = wload.busy
         m.d.comb += [
             ctrl.start.eq(self.start), ctrl.prog_addr.eq(self.prog_addr),
             self.busy.eq(ctrl.running), self.done.eq(ctrl.done), self.error.eq(ctrl.error),
             self.cycles.eq(ctrl.cycles),
             fetch.go.eq(ctrl.fetch_go), fetch.pc.eq(ctrl.pc),
             ctrl.fetch_busy.eq(fetch.busy), ctrl.instr.eq(fetched),
-            load.go.eq(go_dma & (op == Op.LOAD)), store.go.eq(go_dma & (op == Op.STORE)),
+            load.go.eq(go_dma & (op == Op.LOAD)), store.go.eq(go_dma & (op == Op.STORE)), wload.go.eq(go_wdma),
             gemm.go.eq(go_gemm), vec.go.eq(go_vec),
             gemm.instr.eq(held["gemm"]), vec.instr.eq(held["vec"]),
             ctrl.engine_busy.eq(Cat(*engine_busy)),
@@ -106,33 +113,37 @@ class Accelerator(wiring.Component):
             m.d.comb += getattr(load.cfg, name).eq(getattr(v_load, name))
         for name, _ in store.cfg.signature.members.items():
             m.d.comb += getattr(store.cfg, name).eq(getattr(v_store, name))
+        v_wload = view(held["wdma"], Op.LOAD)
+        for name, _ in wload.cfg.signature.members.items():
+            m.d.comb += getattr(wload.cfg, name).eq(getattr(v_wload, name))
 
         wiring.connect(m, fetch.bus, wiring.flipped(self.imem))
+        wiring.connect(m, wload.bus, wiring.flipped(self.wmem))
         wiring.connect(m, load.bus, bus.m0)
         wiring.connect(m, store.bus, bus.m1)
         wiring.connect(m, bus.ext, wiring.flipped(self.mem))
 
-        # ---- LOAD destinations
-        lw = load.wr
-        for spad, t in ((sa, Target.A), (sb, Target.B), (sp, Target.P)):
-            m.d.comb += [spad.wr.en.eq(lw.en & (lw.target == t)), spad.wr.bank.eq(lw.bank),
-                         spad.wr.addr.eq(lw.addr), spad.wr.data.eq(lw.data)]
+        # ---- LOAD destinations: A and V from the DMA engine, the rest from the weight DMA
+        lw, ww = load.wr, wload.wr
+        for spad, t, src in ((sa, Target.A, lw), (sb, Target.B, ww), (sp, Target.P, ww)):
+            m.d.comb += [spad.wr.en.eq(src.en & (src.target == t)), spad.wr.bank.eq(src.bank),
+                         spad.wr.addr.eq(src.addr), spad.wr.data.eq(src.data)]
         # V has a write port per half: a LOAD into one half runs beside a vector instruction
         # writing the other (vit2hw.hazards keeps two writers out of one half)
         m.d.comb += [sv.wr0.en.eq(lw.en & (lw.target == Target.V)), sv.wr0.addr.eq(lw.addr),
                      sv.wr0.data.eq(lw.data),
                      sv.wr1.en.eq(vec.vw.en), sv.wr1.addr.eq(vec.vw.addr), sv.wr1.data.eq(vec.vw.data)]
-        d = lw.data
+        d = ww.data
         m.d.comb += [
-            vec.ln_const.en.eq(lw.en & (lw.target == Target.LN_CONST)), vec.ln_const.addr.eq(lw.addr),
+            vec.ln_const.en.eq(ww.en & (ww.target == Target.LN_CONST)), vec.ln_const.addr.eq(ww.addr),
             vec.ln_const.data.gm.eq(d[0:16]), vec.ln_const.data.alpha.eq(d[16:18]),
             vec.ln_const.data.gs.eq(d[24:30]), vec.ln_const.data.bb.eq(d[32:64]),
-            vec.res_const.en.eq(lw.en & (lw.target == Target.RES_CONST)), vec.res_const.addr.eq(lw.addr),
+            vec.res_const.en.eq(ww.en & (ww.target == Target.RES_CONST)), vec.res_const.addr.eq(ww.addr),
             vec.res_const.data.ma.eq(d[0:16]), vec.res_const.data.mb.eq(d[16:32]),
             vec.res_const.data.s.eq(d[32:38]), vec.res_const.data.bias.eq(d[64:104]),
-            vec.lut_wr.en.eq(lw.en & (lw.target == Target.LUT_TABLE)), vec.lut_wr.addr.eq(lw.addr),
+            vec.lut_wr.en.eq(ww.en & (ww.target == Target.LUT_TABLE)), vec.lut_wr.addr.eq(ww.addr),
             vec.lut_wr.data.eq(d[0:16]),
-            gemm.lut_wr.en.eq(lw.en & (lw.target == Target.LUT_TABLE)), gemm.lut_wr.addr.eq(lw.addr),
+            gemm.lut_wr.en.eq(ww.en & (ww.target == Target.LUT_TABLE)), gemm.lut_wr.addr.eq(ww.addr),
             gemm.lut_wr.data.eq(d[0:16]),
         ]
 

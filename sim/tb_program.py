@@ -99,11 +99,12 @@ async def _run_one(dut, spec: dict, run: dict, base: bytes) -> dict:
     mem.data[:len(base)] = base
     mem.load_segments(Program.from_bytes(Path(run["overlay"]).read_bytes()).segments)
     imem = IdleSkippingMemory(dut, spec["mem_size"], spec["latency"], period, prefix="imem__", data=mem.data)
+    wmem = IdleSkippingMemory(dut, spec["mem_size"], spec["latency"], period, prefix="wmem__", data=mem.data)
     dut.rst.value = 1
     dut.start.value = 0
     await ClockCycles(dut.clk, 3)
     dut.rst.value = 0
-    server, iserver = cocotb.start_soon(mem.run()), cocotb.start_soon(imem.run())
+    servers = [cocotb.start_soon(x.run()) for x in (mem, imem, wmem)]
     await RisingEdge(dut.clk)
     dut.prog_addr.value = spec["entry"]
     dut.start.value = 1
@@ -118,12 +119,12 @@ async def _run_one(dut, spec: dict, run: dict, base: bytes) -> dict:
     wall = time.perf_counter() - wall
     measured = round((get_sim_time("ns") - t_start) / period)
     await RisingEdge(dut.clk)             # let `cycles` settle past the edge that raised done
-    server.cancel()
-    iserver.cancel()
+    for s in servers:
+        s.cancel()
     counter = int(dut.cycles.value)
     error = bool(int(dut.error.value))
     Path(run["out"]).write_bytes(bytes(mem.data))
-    reads = mem.reads + imem.reads           # both ports: data and instruction words
+    reads = mem.reads + wmem.reads + imem.reads       # all three ports
     dut._log.info("%s: %d cycles in %.1f s (%.0f cycles/s), %d reads, %d writes%s", run["name"], counter,
                   wall, counter / max(wall, 1e-9), reads, mem.writes, " ERROR" if error else "")
     assert measured == counter, (f"{run['name']}: the cycles counter says {counter}, the bench measured "

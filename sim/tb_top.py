@@ -33,11 +33,14 @@ async def _run_case(dut, case: dict) -> None:
     imem = MemoryModel(dut, case["mem_size"], latency=case.get("latency", 1),
                        ready_prob=case.get("ready_prob", 1.0), seed=case.get("seed", 0) + 1000,
                        prefix="imem__", data=mem.data)
+    wmem = MemoryModel(dut, case["mem_size"], latency=case.get("latency", 1),
+                       ready_prob=case.get("ready_prob", 1.0), seed=case.get("seed", 0) + 2000,
+                       prefix="wmem__", data=mem.data)
     dut.rst.value = 1
     dut.start.value = 0
     await ClockCycles(dut.clk, 3)
     dut.rst.value = 0
-    server, iserver = cocotb.start_soon(mem.run()), cocotb.start_soon(imem.run())
+    servers = [cocotb.start_soon(x.run()) for x in (mem, imem, wmem)]
     await RisingEdge(dut.clk)
     dut.prog_addr.value = prog.entry
     dut.start.value = 1
@@ -50,12 +53,12 @@ async def _run_case(dut, case: dict) -> None:
             break
     else:
         raise AssertionError(f"{case['name']}: no done within {limit} cycles")
-    server.cancel()
-    iserver.cancel()
+    for s in servers:
+        s.cancel()
     assert not int(dut.error.value), f"{case['name']}: controller stopped on an unknown opcode"
     cycles = int(dut.cycles.value)
-    dut._log.info("%s: %d cycles (%d data reads, %d instruction reads, %d writes)", case["name"], cycles,
-                  mem.reads, imem.reads, mem.writes)
+    dut._log.info("%s: %d cycles (%d activation reads, %d weight reads, %d instruction reads, %d writes)",
+                  case["name"], cycles, mem.reads, wmem.reads, imem.reads, mem.writes)
     for chk in case["checks"]:
         got = unpack_rows(mem.read(chk["addr"], chk["rows"] * chk["row_bytes"]), chk["rows"], chk["cols"],
                           chk["ebytes"], chk["row_bytes"], chk.get("signed", True))

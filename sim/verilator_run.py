@@ -53,6 +53,10 @@ static void set_irdata(V@TOP@* t, const uint8_t* p) {
 @SET_IRDATA@
 }
 
+static void set_wrdata(V@TOP@* t, const uint8_t* p) {
+@SET_WRDATA@
+}
+
 int main(int argc, char** argv) {
     if (argc != 7) {
         std::fprintf(stderr, "usage: %s MEM_IN MEM_OUT ENTRY LATENCY MAX_CYCLES STATS\n", argv[0]);
@@ -79,9 +83,10 @@ int main(int argc, char** argv) {
     auto edge = [&]() { top->clk = 0; top->eval(); top->clk = 1; top->eval(); };
     top->rst = 1; top->start = 0; top->mem__req_ready = 0; top->mem__resp_valid = 0;
     top->imem__req_ready = 0; top->imem__resp_valid = 0;
+    top->wmem__req_ready = 0; top->wmem__resp_valid = 0;
     for (int i = 0; i < 3; ++i) edge();
     top->rst = 0;
-    std::deque<std::pair<uint64_t, std::vector<uint8_t>>> pending, ipending;
+    std::deque<std::pair<uint64_t, std::vector<uint8_t>>> pending, ipending, wpending;
     uint64_t cycle = 0, reads = 0, writes = 0, steps = 0;
     std::vector<uint8_t> word(BUS_BYTES);
     bool done = false;
@@ -102,8 +107,16 @@ int main(int argc, char** argv) {
         } else {
             top->imem__resp_valid = 0;
         }
+        if (!wpending.empty() && wpending.front().first <= cycle) {
+            top->wmem__resp_valid = 1;
+            set_wrdata(top, wpending.front().second.data());
+            wpending.pop_front();
+        } else {
+            top->wmem__resp_valid = 0;
+        }
         top->mem__req_ready = 1;
         top->imem__req_ready = 1;
+        top->wmem__req_ready = 1;
         // the testbench's start pulse: one cycle, two edges after reset
         top->start = (steps == 1);
         top->prog_addr = (uint32_t)entry;
@@ -133,6 +146,15 @@ int main(int argc, char** argv) {
             }
             ++reads;
             ipending.emplace_back(cycle + latency, std::vector<uint8_t>(mem.begin() + addr, mem.begin() + addr + BUS_BYTES));
+        }
+        if (top->wmem__req_valid) {             // weight DMA: read only
+            uint64_t addr = top->wmem__req_addr;
+            if (addr % BUS_BYTES || addr + BUS_BYTES > mem.size()) {
+                std::fprintf(stderr, "weight read at 0x%llx: unaligned or outside memory\n", (unsigned long long)addr);
+                return 3;
+            }
+            ++reads;
+            wpending.emplace_back(cycle + latency, std::vector<uint8_t>(mem.begin() + addr, mem.begin() + addr + BUS_BYTES));
         }
         if (steps >= 2 && top->done) { done = true; break; }
         ++steps;
@@ -196,10 +218,11 @@ def build_verilator(config, build_dir: Path | str, jobs: int = 2) -> Path:
     src = build / "rtl" / "accelerator.v"
     set_body, get_body = _accessors(config.mem_bus_bits)
     set_ibody = set_body.replace("mem__", "imem__")
+    set_wbody = set_body.replace("mem__", "wmem__")
     # Verilator escapes "__" in port names as "___05F"
     harness = (_HARNESS.replace("@TOP@", TOP_MODULE).replace("@BUS_BYTES@", str(config.mem_bus_bits // 8))
                .replace("@SET_RDATA@", set_body).replace("@GET_WDATA@", get_body)
-               .replace("@SET_IRDATA@", set_ibody).replace("mem__", "mem___05F"))
+               .replace("@SET_IRDATA@", set_ibody).replace("@SET_WRDATA@", set_wbody).replace("mem__", "mem___05F"))
     key = hashlib.sha256(src.read_bytes() + harness.encode()).hexdigest()[:16]
     exe = build / f"vtb_{key}"
     if exe.is_file():

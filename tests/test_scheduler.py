@@ -14,7 +14,7 @@ import pytest
 from hdl.config import AcceleratorConfig, get_preset
 from vit2hw.cyclemodel import instruction_cycles, program_cycles, timeline
 from vit2hw.hazards import conflicts
-from vit2hw.isa import Geometry, Op, engine_of
+from vit2hw.isa import Engine, Geometry, Op, engine_of, instr_engine
 from vit2hw.isasim import run_program
 from vit2hw.pipeline import graph_input
 from vit2hw.reference import run_graph
@@ -124,7 +124,12 @@ def test_cycle_bookkeeping(digits_log2, cfg):
     assert a.instr_cycles == tl.makespan_shares() and a.total_cycles == program_cycles(sp.program, cfg)
     assert sum(a.instr_cycles) == a.total_cycles == sum(l.cycles for l in a.layers.values())
     busy = {u: sum(l.by_unit[u] for l in a.layers.values()) for u in ("load", "store", "array", "vector")}
-    assert max(busy["load"] + busy["store"], busy["array"], busy["vector"]) <= a.total_cycles < sequential
+    per_engine = {}
+    for ins, b in zip(tl.instructions, tl.busy):
+        per_engine[instr_engine(ins)] = per_engine.get(instr_engine(ins), 0) + b
+    assert per_engine[Engine.DMA] + per_engine[Engine.WDMA] == busy["load"] + busy["store"]
+    assert per_engine[Engine.WDMA] > 0 and per_engine[Engine.DMA] > 0
+    assert max(per_engine.values()) <= a.total_cycles < sequential
     assert 0 < a.ideal_cycles <= a.total_cycles and 0 < a.utilization <= 1
     for l in a.layers.values():
         assert l.ideal <= l.by_unit["array"], l.node

@@ -26,7 +26,7 @@ from __future__ import annotations
 from vit2hw.intops import EXP_FRAC, PROB_MAX, PROB_RECIP_SHIFT
 from dataclasses import dataclass
 
-from vit2hw.isa import INSTR_BYTES, Engine, Geometry, GemmMode, Instruction, Op, Program, SoftmaxMode, engine_of
+from vit2hw.isa import INSTR_BYTES, Engine, Geometry, GemmMode, Instruction, Op, Program, SoftmaxMode, instr_engine
 
 __all__ = [
     "REQUANT_LATENCY", "move_cycles", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",
@@ -216,7 +216,7 @@ def timeline(program: Program, config, mem_latency: int = DEFAULT_MEM_LATENCY) -
     seq = Sequencer(g, mem_latency)
     fetch, issue, finish, busy = [], [], [], []
     for ins in instrs:
-        eng = engine_of(ins.op)
+        eng = instr_engine(ins)
         waits = [e for e in Engine if (ins.get("wait") >> int(e)) & 1]
         b = engine_cycles(ins, g, mem_latency) if eng is not None else 0
         fetch.append(seq.fetch_cycle())

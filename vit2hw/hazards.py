@@ -1,6 +1,6 @@
 """Which on-chip storage each instruction touches, and the ``wait`` masks that follow.
 
-The accelerator's three engines (DMA, GEMM, vector; :class:`vit2hw.isa.Engine`) run
+The accelerator's four engines (DMA, GEMM, vector, weight DMA; :class:`vit2hw.isa.Engine`) run
 concurrently while the sequencer issues instructions in program order, each once its own
 engine is free. An instruction must therefore also wait for another engine when that
 engine's *latest* instruction (the only one of it that can still be running: an engine
@@ -12,8 +12,10 @@ the same half of the V scratchpad (one write port per half). :func:`assign_waits
 Storage is described as half-open line ranges per space (:class:`Span`): the scratchpads
 A, B, O, V, P (lines; A and B over all banks), the three constant memories (entries), and
 the pseudo-space ``VWRITE`` for V's two write ports (V is stored as two halves, lines
-below ``ceil(v_depth/2)`` and the rest, each with one write port: ``VWRITE`` 0 / 1). External memory needs no tracking: only
-the DMA engine reads or writes it, and it runs one instruction at a time in order.
+below ``ceil(v_depth/2)`` and the rest, each with one write port: ``VWRITE`` 0 / 1), and
+external memory (``DRAM``, bytes): the weight DMA's LOADs (e.g. of keys into B) may read what
+a STORE of the DMA engine is still writing. Instruction fetches are not tracked: programs
+never write their own instructions.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, engine_of
+from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, instr_engine
 
-__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "v_half_lines"]
+__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "v_half_lines", "dram_span"]
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,21 @@ def _v_port(lo: int, n: int, g: Geometry) -> Span:
     return Span("VWRITE", first, last + 1)
 
 
+def dram_span(ins: Instruction, g: Geometry) -> Span | None:
+    """External bytes a LOAD reads or a STORE writes (bounding interval), else None."""
+    if ins.op not in (Op.LOAD, Op.STORE) or ins["rows"] == 0:
+        return None
+    wpl = g.words_per_line(Target(ins["target"]), 1 << ins["ebytes_log2"])
+    lo = ins["ext_addr"]
+    hi = lo + (ins["rows"] - 1) * ins["ext_stride"] + ins["row_lines"] * wpl * g.bus_bytes
+    return Span("DRAM", lo, hi)
+
+
 def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
-    """``(reads, writes)`` of ``ins`` on the accelerator's storage (conservative ranges)."""
+    """``(reads, writes)`` of ``ins`` on the accelerator's storage (conservative ranges) and
+    on external memory (``DRAM``: LOADs read it, STOREs write it)."""
     op = ins.op
+    ext = dram_span(ins, g)
     if op == Op.LOAD:
         t = Target(ins["target"])
         rows, rl, spad = ins["rows"], ins["row_lines"], ins["spad_addr"]
@@ -66,10 +80,10 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
         w = [Span(t.name, spad, spad + n)]
         if t == Target.V:
             w.append(_v_port(spad, n, g))
-        return [], w
+        return [ext] if ext else [], w
     if op == Op.STORE:
         t = Target(ins["target"])
-        return [Span(t.name, ins["spad_addr"], ins["spad_addr"] + ins["rows"] * ins["row_lines"])], []
+        return [Span(t.name, ins["spad_addr"], ins["spad_addr"] + ins["rows"] * ins["row_lines"])], [ext] if ext else []
     if op == Op.GEMM:
         mt, nt = ins["m_tiles"], ins["n_tiles"]
         if mt == 0 or nt == 0 or ins["k_beats"] == 0:
@@ -125,7 +139,7 @@ def assign_waits(instructions: Sequence[Instruction], g: Geometry) -> list[Instr
     last: dict[Engine, Instruction] = {}
     out = []
     for ins in instructions:
-        eng = engine_of(ins.op)
+        eng = instr_engine(ins)
         mask = 0
         if eng is not None:
             for other, prev in last.items():

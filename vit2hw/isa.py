@@ -41,7 +41,8 @@ import numpy as np
 
 __all__ = [
     "ISA_VERSION", "INSTR_BITS", "INSTR_BYTES", "RECORD_BYTES",
-    "Op", "Target", "GemmMode", "SoftmaxMode", "Engine", "engine_of", "FIELDS", "Field", "WAIT_FIELD",
+    "Op", "Target", "GemmMode", "SoftmaxMode", "Engine", "engine_of", "instr_engine", "WDMA_TARGETS",
+    "FIELDS", "Field", "WAIT_FIELD",
     "WAIT_POS", "field_offsets",
     "Instruction", "encode", "decode", "Segment", "Program", "ProgramError",
     "Geometry", "PARAM_RECORD", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 #: 2: the ``wait`` field and concurrent engines (version-1 programs had no dependencies)
-ISA_VERSION = 2
+ISA_VERSION = 3
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 OPCODE_BITS = 8
@@ -87,6 +88,11 @@ class Target(enum.IntEnum):
     LUT_TABLE = 7  # LOAD only: lookup-table entries
 
 
+#: LOAD targets served by the weight DMA engine (:data:`Engine.WDMA`, port ``wmem``); A and V
+#: LOADs and every STORE use the DMA engine (port ``mem``)
+WDMA_TARGETS = frozenset({Target.B, Target.P, Target.LN_CONST, Target.RES_CONST, Target.LUT_TABLE})
+
+
 class GemmMode(enum.IntEnum):
     """PE array mode of a GEMM (same numbering as ``hdl.pe.Mode``)."""
     MUL8 = 0
@@ -102,14 +108,18 @@ class SoftmaxMode(enum.IntEnum):
 
 class Engine(enum.IntEnum):
     """The concurrent engines; an instruction's ``wait`` bit ``e`` names engine ``e``."""
-    DMA = 0       # LOAD and STORE (the one memory port)
+    DMA = 0       # LOADs of activations (A, V) and every STORE: the ``mem`` port
     GEMM = 1
-    VECTOR = 2    # LAYERNORM, SOFTMAX, LUT, RESIDUAL_ADD
+    VECTOR = 2    # LAYERNORM, SOFTMAX, LUT, RESIDUAL_ADD, MOVE
+    WDMA = 3      # LOADs of weights and constants (B, P, LN_CONST, RES_CONST, LUT_TABLE): ``wmem``
 
 
-def engine_of(op: Op | int) -> Engine | None:
-    """The engine that executes ``op`` (None for END and FENCE, which the sequencer handles)."""
+def engine_of(op: Op | int, target: "Target | int | None" = None) -> Engine | None:
+    """The engine that executes ``op`` (None for END and FENCE, which the sequencer handles);
+    a LOAD's engine follows its ``target`` (:data:`WDMA_TARGETS` go to the weight DMA)."""
     op = Op(op)
+    if op == Op.LOAD and target is not None and Target(target) in WDMA_TARGETS:
+        return Engine.WDMA
     if op in (Op.LOAD, Op.STORE):
         return Engine.DMA
     if op == Op.GEMM:
@@ -117,6 +127,11 @@ def engine_of(op: Op | int) -> Engine | None:
     if op in (Op.LAYERNORM, Op.SOFTMAX, Op.LUT, Op.RESIDUAL_ADD, Op.MOVE):
         return Engine.VECTOR
     return None
+
+
+def instr_engine(ins: "Instruction") -> Engine | None:
+    """The engine that executes instruction ``ins`` (:func:`engine_of` with its LOAD target)."""
+    return engine_of(ins.op, ins["target"] if ins.op == Op.LOAD else None)
 
 
 @dataclass(frozen=True)

@@ -23,30 +23,18 @@ from __future__ import annotations
 from typing import Sequence
 
 from vit2hw.cyclemodel import Sequencer, engine_cycles
-from vit2hw.hazards import Span, accesses, spans_conflict
-from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, engine_of
+from vit2hw.hazards import accesses, spans_conflict
+from vit2hw.isa import Engine, Geometry, Instruction, Op, instr_engine
 
-__all__ = ["reorder", "dram_span", "depends"]
-
-
-def dram_span(ins: Instruction, g: Geometry) -> Span | None:
-    """External bytes a LOAD reads or a STORE writes (bounding interval), else None."""
-    if ins.op not in (Op.LOAD, Op.STORE) or ins["rows"] == 0:
-        return None
-    wpl = g.words_per_line(Target(ins["target"]), 1 << ins["ebytes_log2"])
-    lo = ins["ext_addr"]
-    hi = lo + (ins["rows"] - 1) * ins["ext_stride"] + ins["row_lines"] * wpl * g.bus_bytes
-    return Span("DRAM", lo, hi)
+__all__ = ["reorder", "depends"]
 
 
 class _Info:
-    __slots__ = ("reads", "writes", "dram", "store", "engine", "busy")
+    __slots__ = ("reads", "writes", "engine", "busy")
 
     def __init__(self, ins: Instruction, g: Geometry, lat: int):
-        self.reads, self.writes = accesses(ins, g)
-        self.dram = dram_span(ins, g)
-        self.store = ins.op == Op.STORE
-        self.engine = engine_of(ins.op)
+        self.reads, self.writes = accesses(ins, g)       # external memory (DRAM) included
+        self.engine = instr_engine(ins)
         self.busy = engine_cycles(ins, g, lat) if self.engine is not None else 0
 
 
@@ -55,9 +43,7 @@ def _conflict(a: _Info, b: _Info) -> bool:
 
 
 def _depends(a: _Info, b: _Info) -> bool:
-    if _conflict(a, b):
-        return True
-    return (a.dram is not None and b.dram is not None and (a.store or b.store) and a.dram.overlaps(b.dram))
+    return _conflict(a, b)
 
 
 def depends(a: Instruction, b: Instruction, g: Geometry) -> bool:
