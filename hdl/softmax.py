@@ -10,7 +10,7 @@ Two output modes, chosen per operation by ``cfg.mode``, share the exponential an
 Per row of ``N`` scores ``t`` (``score·log2 e`` at ``2**-frac``, ``lanes`` per beat,
 element ``j`` in lane ``j % lanes`` of beat ``j // lanes``):
 
-1. *max pass* — the row is written into the row buffer while its maximum accumulates;
+1. *max pass* — the row is written into a row buffer while its maximum accumulates;
 2. *exp pass* — the buffer is read back through a 4-register pipeline computing
    ``e = int_exp2_neg(t − max)`` (Horner polynomial on the fraction, right shift by the
    integer part); ``e`` overwrites ``t`` in the buffer and ``total = Σe`` accumulates;
@@ -20,11 +20,17 @@ element ``j`` in lane ``j % lanes`` of beat ``j // lanes``):
    ``p = min(round_shift(e·R, PROB_RECIP_SHIFT), PROB_MAX)``; streamed out through a
    2-register pipeline that stalls as a whole on output back-pressure.
 
+Rows are pipelined over two row buffers: the *front* (passes 1 and 2) and the *back*
+(3 and 4) run at the same time on different buffers. When the front has the last
+exponential of a row and the back has drained the previous row's codes, the row (its
+buffer and sum) moves to the back and the front starts loading the next row into the other
+buffer, so a row costs about two passes instead of three and the divider hides behind
+the front.
+
 Both modes emit :data:`SM_OUT_BITS`-bit signed lanes (log2 codes zero-extended). A row
 whose length is not a multiple of ``lanes`` ends with a partial beat: the padding lanes
 (any value) are left out of the maximum and the sum and come out as probability zero
-(:data:`~vit2hw.intops.LOG2_ZERO_CODE` in log2 mode, 0 in uniform mode). The next row's
-max pass starts as soon as the last beat of a row enters the code pipeline. Timing is
+(:data:`~vit2hw.intops.LOG2_ZERO_CODE` in log2 mode, 0 in uniform mode). Timing is
 data independent (:func:`softmax_cycles`).
 """
 
@@ -83,10 +89,13 @@ assert PROB_MAX < 1 << (SM_OUT_BITS - 1) and LOG2_ZERO_CODE < 1 << (SM_OUT_BITS 
 def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SM_MODE_LOG2) -> int:
     """Cycles from the first accepted input beat to the last output beat (both counted).
 
-    Assumes the input is always valid and the output always ready. Per row of
-    ``B = ceil(n / lanes)`` beats: ``B`` in, ``B`` through the exp pass and its drain,
-    in uniform mode :data:`SM_RECIP_CYCLES` for the reciprocal, ``B`` issued to the
-    code pass; the last row adds the code pipeline depth.
+    Assumes the input is always valid and the output always ready. With
+    ``B = ceil(n / lanes)`` beats per row, the front takes ``F = 2B + SM_EXP_PIPELINE_DEPTH``
+    cycles per row (``B`` in, ``B`` exp reads, the exp pipeline's drain) and hands the row
+    to the back, which needs ``K = R + B + SM_CODE_PIPELINE_DEPTH`` cycles to its last output
+    (``R`` = :data:`SM_RECIP_CYCLES` in uniform mode, else 0) and takes the next row one
+    cycle after that. Rows follow each other every ``max(F, K + 1)`` cycles:
+    ``F + (rows − 1)·max(F, K + 1) + K``.
     """
     if mode not in (SM_MODE_LOG2, SM_MODE_UNIFORM):
         raise ValueError(f"unknown softmax mode {mode}")
@@ -95,10 +104,9 @@ def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SM_MODE_LO
     if rows < 1:
         return 0
     beats = -(-int(n) // int(lanes))
-    period = 3 * beats + SM_EXP_PIPELINE_DEPTH
-    if mode == SM_MODE_UNIFORM:
-        period += SM_RECIP_CYCLES
-    return rows * period + SM_CODE_PIPELINE_DEPTH
+    front = 2 * beats + SM_EXP_PIPELINE_DEPTH
+    back = (SM_RECIP_CYCLES if mode == SM_MODE_UNIFORM else 0) + beats + SM_CODE_PIPELINE_DEPTH
+    return front + (rows - 1) * max(front, back + 1) + back
 
 
 class SoftmaxUnit(wiring.Component):
@@ -170,21 +178,36 @@ class SoftmaxUnit(wiring.Component):
         totw = ew + ceil_log2(self.max_len + 1)
 
         length = Signal.like(self.cfg.length)
-        rows_left = Signal(self.rows_width)
+        rows_left = Signal(self.rows_width)                     # rows the front has still to take
         uniform = Signal()                                      # cfg.mode == SM_MODE_UNIFORM
         beats = Signal(range(groups + 1))
 
-        buf = memory.Memory(shape=data.ArrayLayout(unsigned(bw), L), depth=groups, init=[])
-        m.submodules.rowbuf = buf
-        wp = buf.write_port()
-        rp = buf.read_port(domain="comb")
+        # two row buffers: the front (max and exp passes) fills one while the back (reciprocal
+        # and code pass) reads the other; each has one reader at a time
+        f_buf, b_buf = Signal(), Signal()
+        g_in = Signal(range(groups + 1))                        # front: next beat to load
+        g_rd = Signal(range(groups + 1))                        # front: next exp read
+        g_cd = Signal(range(groups + 1))                        # back: next code read
+        wps, rds = [], []
+        for n in range(2):
+            buf = memory.Memory(shape=data.ArrayLayout(unsigned(bw), L), depth=groups, init=[])
+            m.submodules[f"rowbuf{n}"] = buf
+            wp = buf.write_port()
+            rp = buf.read_port(domain="comb")
+            m.d.comb += rp.addr.eq(Mux(f_buf == n, g_rd, g_cd))
+            wps.append(wp)
+            rds.append(rp.data)
+        front_rd = Mux(f_buf, rds[1].as_value(), rds[0].as_value())
+        back_rd = Mux(b_buf, rds[1].as_value(), rds[0].as_value())
+        lane_view = data.ArrayLayout(unsigned(bw), L)
+        front_rd = data.View(lane_view, front_rd)
+        back_rd = data.View(lane_view, back_rd)
 
         def lane_mask(group: Signal) -> list:
             base = Cat(Const(0, lane_bits), group) if lane_bits else group
             return [(base + lane) < length for lane in range(L)]
 
-        # ---- max pass
-        g_in = Signal(range(groups + 1))
+        # ---- front, max pass
         row_max = Signal(signed(sb))
         in_fire = Signal()
         m.d.comb += in_fire.eq(self.i.valid & self.i.ready)
@@ -197,9 +220,7 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += step_max.eq(Mux(ok & (t > beat_max), t, beat_max))
             beat_max = step_max
 
-        # ---- exp pass: 4 registers, no back-pressure (it writes the buffer, not the output)
-        g_rd = Signal(range(groups + 1))
-        m.d.comb += rp.addr.eq(g_rd)
+        # ---- front, exp pass: 4 registers, no back-pressure (it writes the buffer)
         x_issue = Signal()
         xv = [Signal(name=f"xv{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
         xaddr = [Signal(range(groups), name=f"xaddr{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
@@ -217,7 +238,7 @@ class SoftmaxUnit(wiring.Component):
             p2 = Signal(EXP_FRAC + 1, name=f"p2_{lane}")        # 2**-(r/2**frac) at 2**-15
             q2 = Signal(uw - fr, name=f"q2_{lane}")
             e3 = Signal(ew, name=f"e3_{lane}")
-            t_rd = rp.data[lane][:sb].as_signed()
+            t_rd = front_rd[lane][:sb].as_signed()
             m.d.sync += [
                 u0.eq((row_max - t_rd)[:uw]),
                 t1.eq(round_shift_expr(EXP2_C2 * u0[:fr], fr) + EXP2_C1),
@@ -227,12 +248,11 @@ class SoftmaxUnit(wiring.Component):
                 e3.eq(Mux(q2 > EXP_FRAC, 0, p2 >> q2[:ceil_log2(EXP_FRAC + 1)]) & xmask[2][lane].replicate(ew)),
             ]
             e_out.append(e3)
-        # write e back over t and accumulate the row sum
         last = SM_EXP_PIPELINE_DEPTH - 1
         with m.If(xv[last]):
             m.d.sync += total.eq(total + sum(e_out))
 
-        # ---- code pass: stall-all pipeline
+        # ---- back, code pass: stall-all pipeline
         advance = Signal()
         c_issue = Signal()
         cv = [Signal(name=f"cv{k}") for k in range(SM_CODE_PIPELINE_DEPTH)]
@@ -245,11 +265,10 @@ class SoftmaxUnit(wiring.Component):
         ]
         with m.If(advance):
             m.d.sync += [cv[0].eq(c_issue), cv[1].eq(cv[0])]
-        # the row sum the code pass compares against (log2) and the divisor (uniform)
+        # the row sum the code pass compares against (log2) and the divisor (uniform), handed
+        # over with the row; the back takes a row only once its codes have drained
         code_total = Signal(totw)
         twice_total = Cat(Const(0, 1), code_total)
-        # uniform mode: R, shifted in two quotient bits per cycle by the divider; stable
-        # while codes are in flight (the divider only runs when the code pass is empty)
         recip = Signal(SM_RECIP_BITS)
         drem = Signal(totw)                       # divider partial remainder, < total
         dstep = Signal(range(SM_RECIP_CYCLES))
@@ -263,31 +282,36 @@ class SoftmaxUnit(wiring.Component):
             prob_sat = Mux(prob > PROB_MAX, PROB_MAX, prob)
             with m.If(advance):
                 m.d.sync += [
-                    e0.eq(rp.data[lane][:ew]),
+                    e0.eq(back_rd[lane][:ew]),
                     self.o.payload[lane].eq(Mux(uniform, Mux(cmask[lane], prob_sat, 0),
                                                 Mux(cmask[lane], code, LOG2_ZERO_CODE))),
                 ]
         with m.If(advance):
-            m.d.sync += cmask.eq(Cat(*lane_mask(g_rd)))
+            m.d.sync += cmask.eq(Cat(*lane_mask(g_cd)))
 
-        # ---- buffer write port: max pass writes scores, exp pass writes exponentials
+        # ---- the front's buffer write port: scores in the max pass, exponentials in the exp pass
         scores_in = Cat(*[Cat(self.i.payload[lane], Const(0, bw - sb)) for lane in range(L)])
         exps = Cat(*[Cat(e, Const(0, bw - ew)) for e in e_out])
-        m.d.comb += [
-            wp.en.eq(in_fire | xv[last]),
-            wp.addr.eq(Mux(xv[last], xaddr[last], g_in)),
-            wp.data.eq(Mux(xv[last], exps, scores_in)),
-        ]
+        for n, wp in enumerate(wps):
+            m.d.comb += [
+                wp.en.eq((in_fire | xv[last]) & (f_buf == n)),
+                wp.addr.eq(Mux(xv[last], xaddr[last], g_in)),
+                wp.data.eq(Mux(xv[last], exps, scores_in)),
+            ]
 
-        # ---- control
+        # ---- control: the front and the back run concurrently; a row moves from the front
+        # to the back when its last exponential is being written and the back is empty
+        back_idle = Signal()
+        handoff = Signal()
+
         def load_cfg():
             return [length.eq(self.cfg.length), rows_left.eq(self.cfg.rows),
                     beats.eq((self.cfg.length + (L - 1)) >> lane_bits), g_in.eq(0),
                     row_max.eq(-(1 << (sb - 1))), uniform.eq(self.cfg.mode == SM_MODE_UNIFORM)]
 
-        with m.FSM(name="sm") as fsm:
+        with m.FSM(name="front") as front:
             with m.State("IDLE"):
-                with m.If(self.start):
+                with m.If(self.start & ~self.busy):
                     m.d.sync += load_cfg()
                     with m.If(self.cfg.rows != 0):
                         m.next = "LOAD"
@@ -300,14 +324,24 @@ class SoftmaxUnit(wiring.Component):
             with m.State("EXP"):
                 m.d.sync += g_rd.eq(g_rd + 1)
                 with m.If(g_rd + 1 == beats):
-                    m.next = "EXPDRAIN"
-            with m.State("EXPDRAIN"):
-                # the last exponential is written at the end of this cycle once only the
-                # final stage holds data; the code pass may read it from the next cycle on
-                # (and the previous row's codes need ``code_total``/``recip`` until they drain)
-                with m.If(~Cat(*xv[:-1]).any() & code_empty):
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                # the last exponential is written at the end of the handoff cycle, so the
+                # back reads the buffer from the next cycle on
+                with m.If(~Cat(*xv[:-1]).any() & back_idle):
+                    m.d.comb += handoff.eq(1)
+                    m.d.sync += [f_buf.eq(~f_buf), rows_left.eq(rows_left - 1), g_in.eq(0),
+                                 row_max.eq(-(1 << (sb - 1)))]
+                    with m.If(rows_left == 1):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "LOAD"
+
+        with m.FSM(name="back") as back:
+            with m.State("IDLE"):
+                with m.If(handoff):
                     m.d.sync += [
-                        g_rd.eq(0), code_total.eq(total + Mux(xv[last], sum(e_out), 0)),
+                        b_buf.eq(f_buf), g_cd.eq(0), code_total.eq(total + Mux(xv[last], sum(e_out), 0)),
                         drem.eq(PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_BITS)), dstep.eq(0),
                     ]
                     with m.If(uniform):
@@ -323,29 +357,15 @@ class SoftmaxUnit(wiring.Component):
                     m.next = "CODE"
             with m.State("CODE"):
                 with m.If(c_issue):
-                    m.d.sync += g_rd.eq(g_rd + 1)
-                    with m.If(g_rd + 1 == beats):
-                        m.d.sync += [rows_left.eq(rows_left - 1), g_in.eq(0),
-                                     row_max.eq(-(1 << (sb - 1)))]
-                        with m.If(rows_left == 1):
-                            m.next = "FINISH"
-                        with m.Else():
-                            m.next = "LOAD"
-            with m.State("FINISH"):
-                with m.If(code_empty):
-                    with m.If(self.start):
-                        m.d.sync += load_cfg()
-                        with m.If(self.cfg.rows == 0):
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.next = "LOAD"
-                    with m.Else():
+                    m.d.sync += g_cd.eq(g_cd + 1)
+                    with m.If(g_cd + 1 == beats):
                         m.next = "IDLE"
 
         m.d.comb += [
-            self.i.ready.eq(fsm.ongoing("LOAD")),
-            x_issue.eq(fsm.ongoing("EXP")),
-            c_issue.eq(fsm.ongoing("CODE") & advance),
-            self.busy.eq(~fsm.ongoing("IDLE") & ~(fsm.ongoing("FINISH") & code_empty)),
+            back_idle.eq(back.ongoing("IDLE") & code_empty),
+            self.i.ready.eq(front.ongoing("LOAD")),
+            x_issue.eq(front.ongoing("EXP")),
+            c_issue.eq(back.ongoing("CODE") & advance),
+            self.busy.eq(~front.ongoing("IDLE") | ~back_idle),
         ]
         return m

@@ -41,14 +41,19 @@ def test_softmax_unit_bit_exact_and_cycles(tmp_path, p):
 
 
 def test_softmax_cycles_formula():
-    """Three passes over ceil(N/lanes) beats and the exp drain per row (plus the divider in
-    uniform mode), one code drain at the end; the default mode is log2."""
-    per_row = 3 * 50 + SM_EXP_PIPELINE_DEPTH
-    assert softmax_cycles(197, 1, 4) == per_row + SM_CODE_PIPELINE_DEPTH
-    assert softmax_cycles(197, 1, 4, SM_MODE_LOG2) == per_row + SM_CODE_PIPELINE_DEPTH
-    assert softmax_cycles(197, 197 * 3, 4) == 197 * 3 * per_row + SM_CODE_PIPELINE_DEPTH
-    assert softmax_cycles(197, 197 * 3, 4, SM_MODE_UNIFORM) == \
-        197 * 3 * (per_row + SM_RECIP_CYCLES) + SM_CODE_PIPELINE_DEPTH
+    """One row: three passes over ceil(N/lanes) beats, the exp drain and the code drain (plus
+    the divider in uniform mode). Rows overlap: the next row's max and exp passes run while
+    this row's codes go out, so a row of 50 beats costs 2·50 + the exp drain, the divider
+    hidden; a short row (2 beats) is paced by the divider and code pass instead. The default
+    mode is log2."""
+    front = 2 * 50 + SM_EXP_PIPELINE_DEPTH
+    one_row = front + 50 + SM_CODE_PIPELINE_DEPTH
+    assert softmax_cycles(197, 1, 4) == one_row == 3 * 50 + SM_EXP_PIPELINE_DEPTH + SM_CODE_PIPELINE_DEPTH
+    assert softmax_cycles(197, 1, 4, SM_MODE_LOG2) == one_row
+    assert softmax_cycles(197, 197 * 3, 4) == one_row + (197 * 3 - 1) * front
+    assert softmax_cycles(197, 197 * 3, 4, SM_MODE_UNIFORM) == one_row + SM_RECIP_CYCLES + (197 * 3 - 1) * front
+    short_back = SM_RECIP_CYCLES + 2 + SM_CODE_PIPELINE_DEPTH
+    assert softmax_cycles(8, 5, 4, SM_MODE_UNIFORM) == 2 * 2 + SM_EXP_PIPELINE_DEPTH + 4 * (short_back + 1) + short_back
     with pytest.raises(ValueError):
         softmax_cycles(0)
     with pytest.raises(ValueError):

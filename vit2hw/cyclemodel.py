@@ -76,17 +76,18 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
 
 
 def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SoftmaxMode.LOG2) -> int:
-    """Softmax unit cycles; the uniform mode adds the per-row reciprocal's divider steps."""
+    """Softmax unit cycles: rows pipelined over two row buffers, the front (max and exp
+    passes) beside the back (the uniform mode's divider and the code pass)."""
     if int(mode) not in (SoftmaxMode.LOG2, SoftmaxMode.UNIFORM):
         raise ValueError(f"unknown softmax mode {mode}")
     if n < 1:
         raise ValueError("row length must be positive")
     if rows < 1:
         return 0
-    period = 3 * -(-n // lanes) + _SM_EXP_PIPELINE_DEPTH
-    if int(mode) == SoftmaxMode.UNIFORM:
-        period += _SM_RECIP_CYCLES
-    return rows * period + _SM_CODE_PIPELINE_DEPTH
+    beats = -(-n // lanes)
+    front = 2 * beats + _SM_EXP_PIPELINE_DEPTH
+    back = (_SM_RECIP_CYCLES if int(mode) == SoftmaxMode.UNIFORM else 0) + beats + _SM_CODE_PIPELINE_DEPTH
+    return front + (rows - 1) * max(front, back + 1) + back
 
 
 def vector_cycles(n_elems: int, lanes: int = 1) -> int:
