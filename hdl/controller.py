@@ -327,7 +327,8 @@ class VectorEngine(wiring.Component):
         mv = None
         if g.cols % L == 0:
             m.submodules.mv = mv = MoveUnit(g.cols, L, g.o_depth)
-            wiring.connect(m, mv.o_rd, wiring.flipped(self.o_rd))
+            m.d.comb += self.o_rd.addr.eq(mv.o_rd.addr)
+            m.d.comb += mv.o_rd.data.eq(self.o_rd.data)
             v_mv = view(self.instr, Op.MOVE)
             m.d.comb += [mv.start.eq(self.go & (self.instr[:OPCODE_BITS] == Op.MOVE)), mv.src.eq(v_mv.src),
                          mv.rows.eq(v_mv.rows), mv.src_row_lines.eq(v_mv.src_row_lines),
@@ -374,9 +375,45 @@ class VectorEngine(wiring.Component):
         # input beats from consecutive V lines
         m.d.comb += [self.va.addr.eq(pa_n), self.vb.addr.eq(pb_n)]
         va, vb = self.va.data[0], self.vb.data[0]
+        # SOFTMAX with src_o reads its scores from O instead: beat b of a row is lane group
+        # b % k of the row's O line b // k (k = cols / lanes), rows src_row_lines lines apart.
+        # Like the V reads, O is addressed with the next beat's line, so a held beat (the unit
+        # not ready) keeps its line on the port.
+        from_o = Signal()
+        o_lane = None
+        if mv is not None:
+            k = g.cols // L
+            ob, oq, obeat = Signal(24), Signal(16), Signal(16)
+            orr = Signal(range(k))
+            ob_n, oq_n, obeat_n = Signal(24), Signal(16), Signal(16)
+            orr_n = Signal(range(k))
+            srl, sbeats = Signal(16), Signal(16)
+            m.d.comb += [ob_n.eq(ob), oq_n.eq(oq), obeat_n.eq(obeat), orr_n.eq(orr)]
+            m.d.sync += [ob.eq(ob_n), oq.eq(oq_n), obeat.eq(obeat_n), orr.eq(orr_n)]
+            with m.If(self.go):
+                m.d.sync += [from_o.eq((op == Op.SOFTMAX) & v_sm.src_o), srl.eq(v_sm.src_row_lines),
+                             sbeats.eq((v_sm.length + (L - 1)) >> (L - 1).bit_length())]
+                m.d.comb += [ob_n.eq(v_sm.src), oq_n.eq(0), obeat_n.eq(0), orr_n.eq(0)]
+            with m.Elif(from_o & sm.i.valid & sm.i.ready):
+                with m.If(obeat == sbeats - 1):
+                    m.d.comb += [ob_n.eq(ob + srl), oq_n.eq(0), obeat_n.eq(0), orr_n.eq(0)]
+                with m.Else():
+                    m.d.comb += obeat_n.eq(obeat + 1)
+                    if k == 1:
+                        m.d.comb += oq_n.eq(oq + 1)
+                    else:
+                        with m.If(orr == k - 1):
+                            m.d.comb += [orr_n.eq(0), oq_n.eq(oq + 1)]
+                        with m.Else():
+                            m.d.comb += orr_n.eq(orr + 1)
+            # MOVE owns the port while it runs; otherwise it carries the softmax's next line
+            with m.If(~(running & (unit == 3))):
+                m.d.comb += self.o_rd.addr.eq(ob_n + oq_n)
+            o_lane = self.o_rd.data[0].word_select(orr, L * 32)
         for l in range(L):
             lane_a, lane_b = va[l * 32:(l + 1) * 32], vb[l * 32:(l + 1) * 32]
-            m.d.comb += [ln.i.payload[l].eq(lane_a[:8]), sm.i.payload[l].eq(lane_a[:16]),
+            score = lane_a[:16] if o_lane is None else Mux(from_o, o_lane[l * 32:l * 32 + 16], lane_a[:16])
+            m.d.comb += [ln.i.payload[l].eq(lane_a[:8]), sm.i.payload[l].eq(score),
                          vu.i.payload.a[l].eq(lane_a[:16]), vu.i.payload.b[l].eq(lane_b[:16])]
         m.d.comb += [ln.i.valid.eq(running & (unit == 0)), sm.i.valid.eq(running & (unit == 1)),
                      vu.i.valid.eq(running & (unit == 2))]

@@ -75,7 +75,8 @@ def _param_lines(g: Geometry, n: int, bias, m, s, zp) -> tuple[bytes, int]:
 
 def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm",
               out_ebytes: int = 1, bias_per_row: bool = False, lut_bits: int = 0,
-              row_params: bool = False, forward_softmax: bool = False) -> Case:
+              row_params: bool = False, forward_softmax: bool = False,
+              softmax_from_o: SoftmaxMode | None = None) -> Case:
     """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it.
 
     ``out_ebytes`` 1/2 requantizes to int8/int16; 4 is the bypass (raw int32 ``acc + bias``).
@@ -84,7 +85,9 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     (loaded into LUT_TABLE) on the way into O; the int16 values are stored.
     ``row_params``: one requantization record per output row (``n`` ≤ cols), ``cols`` to a P line.
     ``forward_softmax``: int16 scores MOVEd from O into V (no STORE/LOAD), log2 softmax there;
-    both the moved scores and the codes are stored and checked."""
+    both the moved scores and the codes are stored and checked.
+    ``softmax_from_o``: int16 scores normalized by a SOFTMAX that reads them in O (no MOVE)
+    in that mode; the scores (from O) and the probabilities (from V) are stored and checked."""
     g = Geometry.from_config(cfg)
     asm, mem = Assembler(g), Layout()
     wb = g.bus_bytes
@@ -156,6 +159,18 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     asm.load(Target.P, pa, p_lines, 1, 0)
     asm.gemm(m, n, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=min(out_bits, 32), mode=mode,
              bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits, row_params=row_params)
+    if softmax_from_o is not None:
+        lpr = _ceil(n, g.lanes)
+        c_row = lpr * g.words_per_line(Target.V, 1) * wb
+        ca = mem.take(m * c_row)
+        asm.softmax(0, 0, m, n, softmax_from_o, src_row_lines=nt)
+        asm.store(Target.O, ya, m, nt, 0, row_elems=n, ebytes=out_ebytes)
+        asm.store(Target.V, ca, m, lpr, 0, row_elems=n, ebytes=1)
+        case = Case(name, asm.end())
+        case.expect("scores", ya, want, out_ebytes, out_row)
+        probs = I.uniform_softmax(want) if softmax_from_o == SoftmaxMode.UNIFORM else I.log_int_softmax(want)
+        case.expect("probabilities", ca, probs, 1, c_row, signed=softmax_from_o == SoftmaxMode.UNIFORM)
+        return case
     if forward_softmax:
         lpr = _ceil(n, g.lanes)
         v_row = lpr * g.words_per_line(Target.V, 2) * wb
@@ -445,6 +460,23 @@ def test_packed_gemm_refused_without_int4_packing():
     prog = gemm_case(SMALL, np.random.default_rng(1), 5, 7, 6, GemmMode.PACKED, "gemm_int4").program
     with pytest.raises(IsaSimError, match="int4_packing"):
         run_program(prog, cfg, mem_size=MEM_SIZE)
+
+
+def test_top_softmax_reads_scores_in_o(tmp_path):
+    """SOFTMAX with src_row_lines reads a GEMM's int16 scores where the array left them in O:
+    on 6x8 with 4 lanes a row's beats alternate between the two lane groups of each O line
+    and rows of 13 scores span two O lines; on 4x4 rows of 9 scores span three. Log2 and
+    uniform probabilities are bit-exact and the cycles equal the model (a SOFTMAX from O
+    costs what one from V does)."""
+    rect = AcceleratorConfig(name="rect6x8", rows=6, cols=8, vector_lanes=4, act_buf_bytes=6 * 4 * 64,
+                             weight_buf_bytes=8 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
+                             max_tokens=32, max_channels=32)
+    rng = np.random.default_rng(41)
+    _run(tmp_path / "rect", rect, [
+        gemm_case(rect, rng, 7, 10, 13, name="scores_log2", out_ebytes=2, softmax_from_o=SoftmaxMode.LOG2),
+        gemm_case(rect, rng, 11, 6, 13, name="scores_uniform", out_ebytes=2, softmax_from_o=SoftmaxMode.UNIFORM)])
+    _run(tmp_path / "small", SMALL, [gemm_case(SMALL, rng, 6, 8, 9, name="scores_o", out_ebytes=2,
+                                               softmax_from_o=SoftmaxMode.LOG2)], latency=3)
 
 
 def test_top_back_pressure(tmp_path):

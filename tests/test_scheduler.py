@@ -252,14 +252,17 @@ def test_gelu_table_runs_on_the_fc1_drain(digits_log2, test_codes):
 
 
 def test_scores_and_residual_sums_stay_on_chip(digits_log2):
-    """The attention scores go from the array to the softmax unit by MOVE: no instruction
-    stores or loads the scores tensor's external region; the LayerNorm of a residual sum takes
+    """The attention scores go from the array to the softmax unit on chip (every SOFTMAX reads
+    them in O): no instruction stores or loads the scores tensor's external region; the
+    residual operands a linear computes reach V by MOVE; the LayerNorm of a residual sum takes
     the sum from V: none of its instructions is a LOAD of activations (only its constants)."""
     from vit2hw.isa import Target
     g = digits_log2
     sp = schedule(g, get_preset("default"))
     instrs = sp.program.instructions
     assert any(i.op == Op.MOVE for i in instrs)
+    softmaxes = [i for i in instrs if i.op == Op.SOFTMAX]
+    assert softmaxes and all(i["src_o"] == 1 and i["src_row_lines"] > 0 for i in softmaxes)
     for qk in (n for n in g.nodes.values() if n.op == "matmul_qk"):
         r = sp.regions[qk.output]
         lo, hi = r.addr, r.addr + r.rows * r.stride

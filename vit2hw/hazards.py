@@ -103,7 +103,9 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
                 [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)])
     if op == Op.SOFTMAX:
         n = ins["rows"] * _ceil(ins["length"], g.lanes)
-        return [Span("V", ins["src"], ins["src"] + n)], [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)]
+        src = (Span("O", ins["src"], ins["src"] + ins["rows"] * ins["src_row_lines"]) if ins.get("src_o", 0)
+               else Span("V", ins["src"], ins["src"] + n))
+        return [src], [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)]
     if op == Op.LUT:
         n = ins["lines"]
         return ([Span("V", ins["src"], ins["src"] + n), Span("LUT_TABLE", 0, 1 << ins["lut_bits"])],

@@ -170,7 +170,7 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
               "row_params:u1"),
     Op.LAYERNORM: ("src:u24", "dst:u24", "rows:u16", "channels:u16", "out_bits:u6", "out_zp:s16"),
     # ``mode`` was appended (bit 88) so that words written before it decode as log2 softmax
-    Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16", "mode:u1"),
+    Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16", "mode:u1", "src_o:u1", "src_row_lines:u16"),
     Op.LUT: ("src:u24", "dst:u24", "lines:u24", "lut_bits:u4"),
     Op.RESIDUAL_ADD: ("src_a:u24", "src_b:u24", "dst:u24", "lines:u24", "channels:u16",
                       "out_bits:u6", "out_zp:s16"),
@@ -623,10 +623,25 @@ class Assembler:
                          out_bits=out_bits, out_zp=out_zp)
 
     def softmax(self, src: int, dst: int, rows: int, length: int,
-                mode: SoftmaxMode = SoftmaxMode.LOG2) -> Instruction:
-        if length > self.g.max_tokens:
-            raise ProgramError(f"softmax rows of {length} exceed the unit's {self.g.max_tokens}")
-        return self.emit(Op.SOFTMAX, src=src, dst=dst, rows=rows, length=length, mode=int(mode))
+                mode: SoftmaxMode = SoftmaxMode.LOG2, src_row_lines: int = 0) -> Instruction:
+        """Softmax of ``rows`` rows of ``length`` scores into V from line ``dst``. The scores come
+        from V lines ``src`` on (``ceil(length/lanes)`` per row) or, with ``src_row_lines`` > 0,
+        straight from O: row ``i`` is the lanes of O lines ``src + i·src_row_lines`` on, in order
+        (a GEMM's int16 scores, read where the array left them)."""
+        g = self.g
+        if length > g.max_tokens:
+            raise ProgramError(f"softmax rows of {length} exceed the unit's {g.max_tokens}")
+        if src_row_lines:
+            if g.cols % g.lanes:
+                raise ProgramError(f"SOFTMAX from O needs the array's {g.cols} columns to be a multiple "
+                                   f"of the {g.lanes} lanes")
+            if src_row_lines * g.cols < length:
+                raise ProgramError(f"SOFTMAX from O: rows of {length} scores need more than "
+                                   f"{src_row_lines} O lines of {g.cols}")
+            if src + rows * src_row_lines > g.o_depth:
+                raise ProgramError(f"SOFTMAX from O reads past O's {g.o_depth} lines")
+        return self.emit(Op.SOFTMAX, src=src, dst=dst, rows=rows, length=length, mode=int(mode),
+                         src_o=int(src_row_lines > 0), src_row_lines=src_row_lines)
 
     def lut(self, src: int, dst: int, lines: int, lut_bits: int = 8) -> Instruction:
         return self.emit(Op.LUT, src=src, dst=dst, lines=lines, lut_bits=lut_bits)

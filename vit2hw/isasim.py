@@ -249,7 +249,14 @@ def _softmax(st: MachineState, ins: Instruction) -> None:
     L = st.g.lanes
     rows, n = ins["rows"], ins["length"]
     lpr = _ceil(n, L)
-    t = _low_signed(_vec_in(st, ins["src"], rows * lpr, "SOFTMAX"), 16).reshape(rows, lpr * L)[:, :n]
+    if ins.get("src_o", 0):
+        g, srl = st.g, ins["src_row_lines"]
+        if g.cols % L or srl * g.cols < n:
+            raise IsaSimError("SOFTMAX from O needs cols a multiple of lanes and enough O lines per row")
+        _span(rows * srl, g.o_depth, "SOFTMAX (O)", ins["src"])
+        t = _low_signed(st.o[ins["src"]:ins["src"] + rows * srl].reshape(rows, srl * g.cols)[:, :n], 16)
+    else:
+        t = _low_signed(_vec_in(st, ins["src"], rows * lpr, "SOFTMAX"), 16).reshape(rows, lpr * L)[:, :n]
     uniform = ins.get("mode", 0) == 1
     codes = (I.uniform_softmax if uniform else I.log_int_softmax)(t)
     out = np.full((rows, lpr * L), 0 if uniform else I.LOG2_ZERO_CODE, np.int64)

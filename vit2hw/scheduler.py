@@ -50,7 +50,8 @@ from vit2hw.graph import Node, QuantizedGraph, TensorSpec
 from vit2hw.hazards import assign_waits, v_half_lines
 from vit2hw.reorder import reorder
 from vit2hw.isa import (FIELDS, LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Assembler,
-                        Geometry, GemmMode, Op, Program, Segment, Target, pack_records, pack_rows, unpack_rows)
+                        Geometry, GemmMode, Op, Program, Segment, SoftmaxMode, Target, pack_records, pack_rows,
+                        unpack_rows)
 from vit2hw.memplan import MemoryPlan, Region, element_bytes
 from vit2hw.tiling import TileError, choose_blocking, resident_param_lines
 
@@ -590,21 +591,21 @@ class _Scheduler:
 
     def scores_chunk_rows(self, node: Node) -> int:
         """Rows per chunk when the attention scores go from the array to the softmax unit on
-        chip (GEMM into O, MOVE into V, scores and probabilities in V; one head's k rows in
-        B), at most the padded token count; 0 when that cannot be done."""
+        chip (GEMM into O, the softmax reading them there, probabilities in V; one head's k
+        rows in B), at most the padded token count; 0 when that cannot be done."""
         g = self.g
         n, width = self.rows_cols(self.spec(node.inputs[0]))
         d = width // node.attrs["heads"]
         if n > g.max_tokens or (d % g.bus_bytes) or self.spec(node.output).bits > 16:
             return 0
-        per = self.forward_rows(_ceil(n, g.cols), _ceil(d, g.bus_bytes), _ceil(n, g.lanes), 2)
+        per = self.forward_rows(_ceil(n, g.cols), _ceil(d, g.bus_bytes), _ceil(n, g.lanes), 1)
         return min(per, _ceil(n, g.rows) * g.rows)
 
     def scores_softmax(self, node: Node, sm: Node, p: _Params) -> None:
         """``softmax(Q·Kᵀ)`` per head, chunk by chunk of rows, without the scores leaving the
-        chip: GEMM (into one O half) → MOVE (into one V half) → SOFTMAX → STORE of the
-        probabilities; chunks alternate halves, so the array computes the next chunk's scores
-        while the vector engine moves and normalizes this one."""
+        chip: GEMM (into one O half) → SOFTMAX reading the scores from O (probabilities into
+        one V half) → STORE of the probabilities; chunks alternate halves, so the array
+        computes the next chunk's scores while the vector engine normalizes this one."""
         g = self.g
         q, k = node.inputs
         h = node.attrs["heads"]
@@ -625,13 +626,16 @@ class _Scheduler:
                 a_sp = self.load_half(Target.A, qr.addr + hd * d + r0 * qr.stride, rows, lines, qr.stride, True)
                 v = turn * half
                 turn ^= 1
-                self.gemm_to_v(rows, n, d, a_sp, b_sp, p_base, v, lpr, out_bits=self.spec(node.output).bits,
-                               mode=GemmMode.MUL8)
-                first = len(self.asm.program.instructions) - 1          # the MOVE feeds the softmax
-                self.asm.emit(Op.SOFTMAX, src=v, dst=v + rows * lpr, rows=rows, length=length, **extra)
+                o_sp = self.halves.base(Target.O)
+                self.halves.flip(Target.O)
+                self.asm.gemm(rows, n, d, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_base,
+                              out_bits=self.spec(node.output).bits, mode=GemmMode.MUL8)
+                first = len(self.asm.program.instructions)
+                self.asm.softmax(o_sp, v, rows, length, SoftmaxMode(extra.get(SOFTMAX_MODE_FIELD, 0)),
+                                 src_row_lines=nt)
                 if pending is not None:
                     self.vec_store(*pending)
-                pending = (yr, hd * n + r0, rows, lpr, v + rows * lpr)
+                pending = (yr, hd * n + r0, rows, lpr, v)
                 self.attribute(first, sm.name)
         first = len(self.asm.program.instructions)
         self.vec_store(*pending)
