@@ -276,3 +276,22 @@ def test_scores_and_residual_sums_stay_on_chip(digits_log2):
         ops = [(i.op, i["target"] if i.op == Op.LOAD else None) for i, n in zip(instrs, sp.per_instr_layer)
                if n == ln.name]
         assert (Op.LAYERNORM, None) in ops and all(t == Target.LN_CONST for op, t in ops if op == Op.LOAD), ops
+
+
+@pytest.mark.parametrize("cfg", [get_preset("default"), SMALL, get_preset("zcu102")],
+                         ids=["default16x16", "small4x8", "zcu102"])
+def test_pv_runs_inside_the_scores_loop(digits_log2, cfg):
+    """The attention P·V of a chunk of rows is emitted right after that chunk's softmax, not
+    after the whole head: in program order the P·V GEMMs of a block interleave with its
+    SOFTMAXes (one before the last), and the probabilities are not re-read as a whole head
+    (every P·V GEMM covers at most one chunk of rows). test_log2_program_bit_exact checks
+    the results of the same programs."""
+    sp = schedule(digits_log2, cfg)
+    instrs, owners = sp.program.instructions, sp.per_instr_layer
+    av_node = next(n.name for n in digits_log2.nodes.values() if n.op == "attn_v")
+    sm_node = next(n.name for n in digits_log2.nodes.values() if n.op == "softmax")
+    av = [i for i, (ins, o) in enumerate(zip(instrs, owners)) if o == av_node and ins.op == Op.GEMM]
+    sm = [i for i, (ins, o) in enumerate(zip(instrs, owners)) if o == sm_node and ins.op == Op.SOFTMAX]
+    assert av and sm and av[0] < sm[-1]
+    chunk = max(instrs[i]["rows"] for i in sm)
+    assert all(instrs[i]["m_tiles"] * cfg.rows <= -(-chunk // cfg.rows) * cfg.rows for i in av)

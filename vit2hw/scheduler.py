@@ -254,7 +254,8 @@ class _Scheduler:
         self.transposed: dict[str, Region] = {}
         self.fused: dict[str, Node] = {}              # linear node -> the lut node on its drain
         self.skip: set[str] = set()                   # nodes computed inside another's instructions
-        self.scores_fused: dict[str, Node] = {}       # matmul_qk node -> its softmax, fed by MOVE
+        self.scores_fused: dict[str, Node] = {}       # matmul_qk node -> its softmax, reading O
+        self.pv_fused: dict[str, Node] = {}           # matmul_qk node -> the P·V in its scores loop
         self.ln_fused: dict[str, Node] = {}           # residual_add node -> the LayerNorm of its sum
         self.res_linear: dict[str, tuple] = {}        # residual_add -> (linear, operand, rows/chunk) fed by MOVE
         self.layers: list[str] = []
@@ -589,16 +590,17 @@ class _Scheduler:
         per = min(g.o_depth // 2 // nt, v_half_lines(g) // (regions * lpr), g.a_depth // 2 // lines * g.rows)
         return per // g.rows * g.rows
 
-    def scores_chunk_rows(self, node: Node) -> int:
+    def scores_chunk_rows(self, node: Node, pv_tiles: int = 0) -> int:
         """Rows per chunk when the attention scores go from the array to the softmax unit on
         chip (GEMM into O, the softmax reading them there, probabilities in V; one head's k
-        rows in B), at most the padded token count; 0 when that cannot be done."""
+        rows in B), at most the padded token count; 0 when that cannot be done. ``pv_tiles``:
+        O lines per row that a fused P·V output needs beside the scores."""
         g = self.g
         n, width = self.rows_cols(self.spec(node.inputs[0]))
         d = width // node.attrs["heads"]
         if n > g.max_tokens or (d % g.bus_bytes) or self.spec(node.output).bits > 16:
             return 0
-        per = self.forward_rows(_ceil(n, g.cols), _ceil(d, g.bus_bytes), _ceil(n, g.lanes), 1)
+        per = self.forward_rows(_ceil(n, g.cols) + pv_tiles, _ceil(d, g.bus_bytes), _ceil(n, g.lanes), 1)
         return min(per, _ceil(n, g.rows) * g.rows)
 
     def scores_softmax(self, node: Node, sm: Node, p: _Params) -> None:
@@ -613,16 +615,19 @@ class _Scheduler:
         d = width // h
         _, length, extra = self.softmax_format(sm)
         lines, nt, lpr = _ceil(d, g.bus_bytes), _ceil(n, g.cols), _ceil(n, g.lanes)
-        per = self.scores_chunk_rows(node)
+        av = self.pv_fused.get(node.name)
+        pv = self.attn_v_plan(av) if av is not None else None
+        per = self.scores_chunk_rows(node, _ceil(pv[5], g.cols) if pv is not None else 0)
         qr, kr, yr = self.regions[q], self.regions[k], self.regions[sm.output]
         lineb = g.cols * RECORD_BYTES
         self.flush_stores()
-        p_base = self.load_half(Target.P, p.addr, nt, 1, lineb, True)
         half, turn, pending = v_half_lines(g), 0, None
         for hd in range(h):
-            b_sp = self.load_half(Target.B, kr.addr + hd * d, n, lines, kr.stride, True)
             for r0 in range(0, n, per):
                 rows = min(per, n - r0)
+                # (re)loaded only when the P·V of the previous chunk took their half
+                p_base = self.load_half(Target.P, p.addr, nt, 1, lineb, True)
+                b_sp = self.load_half(Target.B, kr.addr + hd * d, n, lines, kr.stride, True)
                 a_sp = self.load_half(Target.A, qr.addr + hd * d + r0 * qr.stride, rows, lines, qr.stride, True)
                 v = turn * half
                 turn ^= 1
@@ -634,12 +639,41 @@ class _Scheduler:
                 self.asm.softmax(o_sp, v, rows, length, SoftmaxMode(extra.get(SOFTMAX_MODE_FIELD, 0)),
                                  src_row_lines=nt)
                 if pending is not None:
-                    self.vec_store(*pending)
-                pending = (yr, hd * n + r0, rows, lpr, v)
+                    self.vec_store(*pending[:5])
                 self.attribute(first, sm.name)
+                # the previous chunk's P·V, its probabilities just stored, while the vector
+                # engine normalizes this chunk
+                if pending is not None and pv is not None:
+                    self.pv_chunk(av, pv, *pending[5:])
+                # a chunk's P·V output goes into its scores' O half, after the scores
+                pending = (yr, hd * n + r0, rows, lpr, v, hd, r0, rows, o_sp + _ceil(rows, g.rows) * g.rows * nt)
         first = len(self.asm.program.instructions)
-        self.vec_store(*pending)
+        self.vec_store(*pending[:5])
         self.attribute(first, sm.name)
+        if pv is not None:
+            self.pv_chunk(av, pv, *pending[5:])
+
+    def pv_chunk(self, av: Node, plan, hd: int, r0: int, rows: int, o_sp: int) -> None:
+        """P·V of head ``hd``'s probability rows ``r0 .. r0+rows`` (just stored by the scores
+        loop) into O line ``o_sp``; its STORE waits in ``pending`` for the next GEMM."""
+        g = self.g
+        mode, heads, prr, out, n, d, ys = plan
+        p, b = heads[hd]
+        lines, ntv = _ceil(n, g.bus_bytes), _ceil(d, g.cols)
+        lineb = g.cols * RECORD_BYTES
+        first = len(self.asm.program.instructions)
+        p_sp = self.load_half(Target.P, p.addr, ntv, 1, lineb, True)
+        b_sp = self.load_half(Target.B, b.addr, d, lines, b.stride, True)
+        src = prr.addr + (hd * n + r0) * prr.stride
+        self.flush_stores_into(src, rows, prr.stride, lines * g.bus_bytes)
+        a_sp = self.load_half(Target.A, src, rows, lines, prr.stride, True)
+        self.asm.gemm(rows, d, n, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp, out_bits=ys.bits, mode=mode)
+        self.attribute(first, av.name)
+        self.flush_stores()
+        eb = out.ebytes
+        self.pending = [(av.name, dict(target=Target.O, ext_addr=out.addr + r0 * out.stride + hd * d * eb,
+                                       rows=rows, row_lines=ntv, spad_addr=o_sp, row_elems=d,
+                                       ext_stride=out.stride, ebytes=eb))]
 
     def residual_linear_rows(self, lin: Node, regions: int) -> int:
         """Rows per chunk when ``lin``'s output goes through O and MOVE straight into the
@@ -697,6 +731,17 @@ class _Scheduler:
             self.owner[i] = name
 
     def do_attn_v(self, node: Node) -> None:
+        if node.name in self.skip:          # run chunk by chunk in its scores' loop
+            return
+        pr = node.inputs[0]
+        mode, heads, prr, out, n, d, ys = self.attn_v_plan(node)
+        for hd, (p, b) in enumerate(heads):
+            a = self.act(pr, prr.view_rows(hd * n, n))
+            self.gemm(f"{node.name}[head {hd}]", a, b, n, p, out, ys.bits, mode, out_col0=hd * d)
+
+    def attn_v_plan(self, node: Node):
+        """Checks, MAC count and per-head operands of an attention P·V: ``(mode, [(params,
+        Vᵀ rows) per head], probabilities region, output region, tokens, head width, out spec)``."""
         pr, v = node.inputs
         ps, vs, ys = self.spec(pr), self.spec(v), self.spec(node.output)
         h = node.attrs["heads"]
@@ -711,15 +756,15 @@ class _Scheduler:
         self.gemms[node.name] = GemmInfo(node.name, node.op, h * n * n * d, mode.name.lower(), False)
         prr, vt, out = self.regions[pr], self.transposed[v], self.regions[node.output]
         c = node.consts
+        heads = []
         for hd in range(h):
             cols = slice(hd * d, (hd + 1) * d)
             m = np.broadcast_to(c["m"], (width,))[cols]
             s = np.broadcast_to(c["s"], (width,))[cols]
             p = _Params("col", self.const(self.param_lines(d, 0, m, s, ys.zero_point),
                                           f"{node.name}.params[{hd}]", "params"), 0)
-            a = self.act(pr, prr.view_rows(hd * n, n))
-            b = _Matrix(vt.addr + hd * d * vt.stride, d, vt.stride)
-            self.gemm(f"{node.name}[head {hd}]", a, b, n, p, out, ys.bits, mode, out_col0=hd * d)
+            heads.append((p, _Matrix(vt.addr + hd * d * vt.stride, d, vt.stride)))
+        return mode, heads, prr, out, n, d, ys
 
     # ---------------------------------------------------------- vector ops
     def chunks(self, node: Node, rows: int, lines_per_row: int, regions: int,
@@ -840,7 +885,8 @@ class _Scheduler:
         * the LayerNorm of a residual sum runs on the sum while it is in V (``ln_fused``);
         * a linear whose only use is a residual add is computed chunk by chunk inside it and
           MOVEd into the operand's V region (``res_linear``);
-        * attention scores whose only use is a softmax are MOVEd to it (``scores_fused``).
+        * attention scores whose only use is a softmax go to it through O (``scores_fused``),
+          and the P·V of those probabilities runs chunk by chunk in the same loop (``pv_fused``).
         Each saves a STORE and a LOAD of the tensor handed over (the lookup also a vector pass)."""
         for node in order:
             if node.op != "lut":
@@ -884,6 +930,35 @@ class _Scheduler:
             if len(users) == 1 and users[0].op == "softmax" and self.scores_chunk_rows(node) > 0:
                 self.scores_fused[node.name] = users[0]
                 self.skip.add(users[0].name)
+                av = self.pv_follows(node, users[0], order)
+                if av is not None:
+                    self.pv_fused[node.name] = av
+                    self.skip.add(av.name)
+
+    def pv_follows(self, qk: Node, sm: Node, order: list[Node]) -> Node | None:
+        """The attention P·V that can run chunk by chunk inside ``qk``'s scores loop: the
+        probabilities' only use, its transposed V computed before ``qk``, and a chunk's scores
+        and P·V outputs fitting one O half, its probabilities half of A, one head's Vᵀ half of
+        B and its parameters half of P."""
+        g = self.g
+        y = sm.output
+        users = self.graph.consumers(y)
+        if y in self.graph.outputs or len(users) != 1 or users[0].op != "attn_v" or users[0].inputs[0] != y:
+            return None
+        av = users[0]
+        v = av.inputs[1]
+        pos = {n.name: i for i, n in enumerate(order)}
+        prod = self.graph.producer(v)
+        if v not in self.transposed or (prod is not None and pos.get(prod.name, -1) > pos[qk.name]):
+            return None
+        n, width = self.rows_cols(self.spec(v))
+        d = width // av.attrs["heads"]
+        rows = self.scores_chunk_rows(qk, _ceil(d, g.cols))
+        lines = _ceil(n, g.bus_bytes)
+        if (rows == 0 or _ceil(rows, g.rows) * lines > g.a_depth // 2 or _ceil(d, g.cols) * lines > g.b_depth // 2
+                or _ceil(d, g.cols) > g.p_depth // 2 or (d * self.regions[av.output].ebytes) % g.bus_bytes):
+            return None
+        return av
 
     def do_lut(self, node: Node) -> None:
         if node.name in self.skip:
