@@ -214,6 +214,19 @@ def test_sim_vit_digits_eight_images_verilator(tmp_path, bits):
     assert doc["simulator"] == "verilator" and doc["blocks"] == 3
 
 
+@needs_verilator
+def test_sim_vit_digits_dsp_mac_pes_verilator(tmp_path):
+    """The same model on an accelerator whose PEs are DSP-slice MACs (int4_packing off, the
+    zcu102 PE): 4 real digits test images bit-exact, RTL cycles equal to the model."""
+    import dataclasses
+    from vit2hw.cli_sim import sim_config
+    from vit2hw.models.zoo import get_spec
+    cfg = dataclasses.replace(sim_config(get_spec("vit_digits")), name="sim4x4-mac", int4_packing=False)
+    path = cfg.save(tmp_path / "mac.json")
+    doc = _accept(tmp_path, ["--bits", "8", "--simulator", "verilator", "--config", str(path)], 4)
+    assert doc["config"]["int4_packing"] is False
+
+
 @pytest.mark.slow
 @needs_iverilog
 def test_sim_vit_digits_w8a8_eight_images(tmp_path):

@@ -3,15 +3,15 @@
 ``analyze(sp, config)`` replays the program on the cycle model (:func:`vit2hw.cyclemodel.timeline`),
 attributes to every graph node the cycles by which its instructions pushed the program's end
 (the shares add up to the total) and each unit's busy cycles (DMA load, DMA store, array,
-vector units), counts the external-memory traffic, and compares with the MAC-bound ideal. ``build_report`` adds
+vector units; "load" counts both DMA engines' LOADs), counts the external-memory traffic, and compares with the MAC-bound ideal. ``build_report`` adds
 clock, latency, FPS and the analytic resource estimate into the fixed JSON schema of
 ``docs/report-format.md``; ``render_markdown`` writes it for people.
 
 Two kinds of cycle numbers, never mixed:
 
-* **as built** – the accelerator as generated: DMA, GEMM and vector engines run
-  concurrently, instructions issue in order with their dependency waits, GEMM blocks are
-  double buffered. This is the cycle model's exact prediction (``vit2hw.cyclemodel``),
+* **as built** – the accelerator as generated: DMA (activations), weight DMA, GEMM and
+  vector engines run concurrently, instructions issue in order with their dependency waits,
+  GEMM blocks are double buffered. This is the cycle model's exact prediction (``vit2hw.cyclemodel``),
   which the RTL matches.
 * **estimates** – what further changes would give: per node ``max(weight/constant DMA,
   compute)`` (``overlapped_forwarding``: every activation forwarded on chip, into the
@@ -256,9 +256,10 @@ def build_report(sp, config, analysis: Analysis, graph_meta: dict, bits: dict | 
         "format": "vit2hw.report", "version": REPORT_VERSION,
         "model": graph_meta.get("model", ""), "method": graph_meta.get("method", ""),
         "config": config.to_dict(),
-        "execution": "concurrent engines: DMA, GEMM and vector instructions overlap; in-order issue with "
-                     "dependency waits; double-buffered GEMM blocks; GEMM results forwarded on chip (MOVE) "
-                     "to the softmax and residual units where they fit",
+        "execution": "concurrent engines: activation DMA, weight DMA, GEMM and vector instructions overlap "
+                     "(separate memory ports for activations, weights and instructions); in-order issue with "
+                     "dependency waits; double-buffered GEMM blocks; GEMM results read on chip by the softmax "
+                     "(from O) and forwarded to the residual units (MOVE) where they fit",
         "mem_latency": mem_latency,
         "instructions": len(sp.program.instructions),
         "total_cycles": a.total_cycles, "ideal_cycles": a.ideal_cycles,
@@ -303,9 +304,9 @@ def render_markdown(rep: dict[str, Any]) -> str:
         "",
         "## As built",
         "",
-        f"The generated accelerator runs its DMA, GEMM and vector engines concurrently (in-order issue, "
-        f"dependency waits, double-buffered GEMM blocks, GEMM results forwarded on chip to the vector "
-        f"units where the scheduler could); these numbers are the cycle model's exact "
+        f"The generated accelerator runs its activation DMA, weight DMA, GEMM and vector engines "
+        f"concurrently (in-order issue, dependency waits, double-buffered GEMM blocks, GEMM results "
+        f"passed on chip to the vector units where the scheduler could); these numbers are the cycle model's exact "
         f"prediction for it (memory latency {rep['mem_latency']} cycle).",
         "",
         "| metric | value |", "|---|---|",
