@@ -21,7 +21,7 @@ Presets (``get_preset``):
     PE's multiply and accumulate sit in one DSP slice (~77 LUTs per PE with the requantizer
     instead of ~190, docs/hw/array.md §7), so the part holds twice the PEs of the packing
     array (20 x 48, LUT-bound at 87 %). DSPs 87 % (1 920 PEs + 96 requantizer + ~10 per
-    lane), LUTs 74 %, block RAM 55 % (O and V are stored once per read port: 2 and 3
+    lane), LUTs 75 %, block RAM 55 % (O and V are stored once per read port: 2 and 3
     copies). The compiler emits no packed GEMMs today (it keeps 4-bit codes one per lane),
     so dropping the mode costs no cycles. 48 divides 192, 576, 768 and 3072 channels;
     197 tokens tile onto 5 x 40 = 200 rows.

@@ -151,8 +151,9 @@ _ARRAY_REF = {"pes": 256, "cols": 16, "dsp": 288, "lut": 49081, "ff": 36940}
 #: PE's multiply and accumulate in its DSP slice) — 288 DSP, 19 670 LUT, 22 860 FF
 _MAC_ARRAY_REF = {"pes": 256, "cols": 16, "dsp": 288, "lut": 19670, "ff": 22860}
 #: measured, docs/hw/array.md §7: the whole Accelerator(default) (16×16, 16 lanes) on xc7, with
-#: the drain tables, per-row parameters and MOVE
-_TOP_REF = {"lanes": 16, "cols": 16, "dsp": 453, "lut": 100062, "ff": 56021, "bram": 168.5}
+#: the drain tables, per-row parameters, MOVE, the weight DMA engine, the two-buffer softmax
+#: and the softmax's O input
+_TOP_REF = {"lanes": 16, "cols": 16, "dsp": 454, "lut": 101861, "ff": 56809, "bram": 168.5}
 #: measured: what the drain's table copies and per-row record select added to that top
 #: (97 515 → 99 826 LUT, 55 925 → 55 936 FF), per array column
 _PER_COL = {"dsp": 0.0, "lut": (99826 - 97515) / 16, "ff": (55936 - 55925) / 16}
@@ -211,8 +212,8 @@ def estimate_resources(config) -> dict[str, Any]:
                  + ("(docs/hw/array.md: 288 DSP, 49081 LUT, 36940 FF)" if packing else
                     "of the DSP-slice MAC PEs, int4_packing off (docs/hw/array.md: 288 DSP, 19670 LUT, 22860 FF)")
                  + "; the drain tables per column and "
-                 "everything else per vector lane from the measured whole default accelerator (453 DSP, "
-                 "100062 LUT, 56021 FF, 168.5 BRAM36 with 16 columns and 16 lanes); scratchpads as BRAM36, "
+                 "everything else per vector lane from the measured whole default accelerator (454 DSP, "
+                 "101861 LUT, 56809 FF, 168.5 BRAM36 with 16 columns and 16 lanes); scratchpads as BRAM36, "
                  "one copy per read port (A, B, P 1; O 2; V 3)",
         "device": dev.name, "estimate": est, "capacity": cap,
         "fraction": {k: round(est[k] / cap[k], 4) for k in est},
