@@ -211,8 +211,8 @@ def test_interleaving_keeps_every_dependent_pair_and_saves_cycles(digits_log2):
     from vit2hw.reorder import depends
     cfg = get_preset("default")
     g = Geometry.from_config(cfg)
-    plain = schedule(digits_log2, cfg, interleave=False)
-    mixed = schedule(digits_log2, cfg)
+    plain = schedule(digits_log2, cfg, interleave=False, blocking="serial")
+    mixed = schedule(digits_log2, cfg, blocking="serial")
     a = [i.with_wait(0) for i in plain.program.instructions]
     b = [i.with_wait(0) for i in mixed.program.instructions]
     assert sorted(map(str, a)) == sorted(map(str, b)) and a != b
@@ -295,3 +295,14 @@ def test_pv_runs_inside_the_scores_loop(digits_log2, cfg):
     assert av and sm and av[0] < sm[-1]
     chunk = max(instrs[i]["rows"] for i in sm)
     assert all(instrs[i]["m_tiles"] * cfg.rows <= -(-chunk // cfg.rows) * cfg.rows for i in av)
+
+
+def test_blocking_models_both_tried(digits_log2):
+    """schedule() keeps the faster of the serial and the overlap blocking models: its program
+    takes no more cycles than either alone, and equals one of them."""
+    cfg = get_preset("default")
+    cycles = {b: program_cycles(schedule(digits_log2, cfg, blocking=b).program, cfg) for b in ("serial", "overlap")}
+    best = program_cycles(schedule(digits_log2, cfg).program, cfg)
+    assert best == min(cycles.values())
+    with pytest.raises(ValueError, match="blocking"):
+        schedule(digits_log2, cfg, blocking="fast")

@@ -47,6 +47,7 @@ import numpy as np
 
 from vit2hw import intops as I
 from vit2hw.graph import Node, QuantizedGraph, TensorSpec
+from vit2hw.cyclemodel import program_cycles
 from vit2hw.hazards import assign_waits, v_half_lines
 from vit2hw.reorder import reorder
 from vit2hw.isa import (FIELDS, LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Assembler,
@@ -237,8 +238,10 @@ class _Halves:
 # ------------------------------------------------------------------ the scheduler
 
 class _Scheduler:
-    def __init__(self, graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True):
+    def __init__(self, graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True,
+                 overlap_blocking: bool = False):
         self.interleave = interleave
+        self.overlap_blocking = overlap_blocking
         self.graph = graph
         self.config = config
         self.g = Geometry.from_config(config)
@@ -369,9 +372,9 @@ class _Scheduler:
         half = dataclasses.replace(g, a_depth=g.a_depth // 2, b_depth=g.b_depth // 2, o_depth=g.o_depth // 2,
                                    p_depth=g.p_depth // 2)
         try:
-            return choose_blocking(half, m, n, k_beats, kind, what, self.lat), True, half
+            return choose_blocking(half, m, n, k_beats, kind, what, self.lat, self.overlap_blocking), True, half
         except TileError:
-            return choose_blocking(g, m, n, k_beats, kind, what, self.lat), False, g
+            return choose_blocking(g, m, n, k_beats, kind, what, self.lat, self.overlap_blocking), False, g
 
     def gemm(self, what: str, a: _Matrix, b: _Matrix, k_beats: int, params: _Params, out: Region,
              out_bits: int, mode: GemmMode, out_col0: int = 0, a_unsigned: bool = False,
@@ -1091,13 +1094,27 @@ class _Scheduler:
                                 {n.name: n.op for n in order}, {n.name: n.module for n in order}, list(self.plan.blocks))
 
 
-def schedule(graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True) -> ScheduledProgram:
+def schedule(graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True,
+             blocking: str | None = None) -> ScheduledProgram:
     """Lower ``graph`` onto ``config`` (an ``AcceleratorConfig``): instructions, memory plan,
     input/output placements and per-instruction node attribution. ``interleave``: reorder
     the instructions across nodes (:func:`vit2hw.reorder.reorder`); off, they stay node by node.
 
     Raises :class:`~vit2hw.tiling.TileError` ("buffers too small for a tile: ...") when a
     scratchpad cannot hold the smallest tile of some op, ``NotImplementedError`` for ops the
-    hardware cannot run (e.g. uniform softmax on an ISA without the mode field)."""
+    hardware cannot run (e.g. uniform softmax on an ISA without the mode field).
+
+    GEMM blockings are chosen with both of ``tiling.choose_blocking``'s cost models (loads
+    and GEMMs in series, or double-buffered overlap); the program with fewer cycles
+    (``cyclemodel.program_cycles``; the first on a tie) is returned. ``blocking``
+    ("serial" or "overlap") uses that model only."""
     graph.validate()
-    return _Scheduler(graph, config, mem_latency, interleave).run()
+    if blocking not in (None, "serial", "overlap"):
+        raise ValueError(f"blocking must be 'serial', 'overlap' or None, got {blocking!r}")
+    best = None
+    for overlap in ((False, True) if blocking is None else (blocking == "overlap",)):
+        sp = _Scheduler(graph, config, mem_latency, interleave, overlap).run()
+        cycles = program_cycles(sp.program, config, mem_latency)
+        if best is None or cycles < best[0]:
+            best = (cycles, sp)
+    return best[1]

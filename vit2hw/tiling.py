@@ -57,8 +57,13 @@ def resident_param_lines(g: Geometry, m: int, n: int, params: str) -> int:
 
 
 def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what: str,
-                    mem_latency: int = 1) -> Blocking:
+                    mem_latency: int = 1, overlap: bool = False) -> Blocking:
     """Best blocking of an ``m × n`` GEMM of ``k_beats`` beats.
+
+    The cost of a candidate is its loads plus its GEMMs one after another, or with
+    ``overlap`` (double buffering) the first block's loads and then, per block, the slower of
+    its GEMM and the next block's loads. Which model gives the faster program depends on
+    how much the rest of the program overlaps, so the scheduler tries both.
 
     ``params`` is ``"col"`` (one P line per column tile), ``"elem"`` (one P line per output
     row and column tile), ``"row"`` (one P line per output row; one GEMM per column tile) or
@@ -109,7 +114,12 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
                     a_loads = 1 if n_rb == 1 else blocks
                 p_loads = 1 if whole_p else {"elem": blocks, "col": b_loads, "row": a_loads,
                                              "rowrec": a_loads}[params]
-                est = a_loads * a_cost + b_loads * b_cost + p_loads * p_cost + blocks * gemm
+                loads = a_loads * a_cost + b_loads * b_cost + p_loads * p_cost
+                if overlap and blocks > 1:
+                    first = a_cost + b_cost + (p_cost if p_loads else 0)
+                    est = first + blocks * max(gemm, (loads - first) // (blocks - 1))
+                else:
+                    est = loads + blocks * gemm
                 key = (est, -tm * tn, order != "rows")
                 if best is None or key < best[0]:
                     best = (key, Blocking(tm, tn, order, est))
