@@ -58,7 +58,7 @@ def main() -> int:
         print(f"  [{name}] {dt:.1f} s")
     print(f"  process CPU time {time.process_time():.1f} s (wall time on a loaded machine can be far longer)")
     if r:
-        print(f"  total_cycles {r['total_cycles']}  ideal {r['ideal_cycles']}  utilization {r['utilization']:.3f}  "
+        print(f"  total_cycles {r['total_cycles']}  ideal {r['ideal_cycles']}  utilization {r['utilization']:.4f}  "
               f"latency {r['latency_ms']:.3f} ms  fps {r['fps']:.1f}  "
               f"forwarding est. {r['estimates']['overlapped_forwarding']['latency_ms']:.3f} ms  "
               f"pipelined est. {r['estimates']['pipelined']['latency_ms']:.3f} ms")

@@ -101,7 +101,7 @@ def compile_graph(graph, config, out_dir: Path | str, synth: bool = False, allow
     files += [out / "report.json", out / "report.md"]
     files += write_plots(rep, out / "plots")
     progress(f"[report] {rep['total_cycles']} cycles (ideal {rep['ideal_cycles']}, utilization "
-             f"{rep['utilization']:.3f}), {rep['latency_ms']:.3f} ms at {rep['clock_mhz']:g} MHz, "
+             f"{rep['utilization']:.4f}), {rep['latency_ms']:.3f} ms at {rep['clock_mhz']:g} MHz, "
              f"{rep['fps']:.1f} FPS; pipelined estimate {rep['estimates']['pipelined']['latency_ms']:.3f} ms; "
              f"fits {rep['resources']['device']}: {rep['resources']['fits']}")
     return BuildResult(rep, sorted(files))

@@ -48,7 +48,7 @@ def cmd_build(args) -> int:
         raise ValueError(str(exc)) from None
     rep = built.report
     print(f"built {spec.name} (bits {args.bits}) for {cfg.name} in {time.time() - t0:.1f} s: "
-          f"{rep['total_cycles']} cycles, utilization {rep['utilization']:.3f}, "
+          f"{rep['total_cycles']} cycles, utilization {rep['utilization']:.4f}, "
           f"{rep['latency_ms']:.3f} ms at {rep['clock_mhz']:g} MHz ({rep['fps']:.1f} FPS) → {args.out}")
     return 0
 

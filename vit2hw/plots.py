@@ -59,7 +59,7 @@ def write_plots(report: dict, out_dir: Path | str) -> list[Path]:
     plt, fig, ax = _figure(len(gem))
     ax.bar(range(len(gem)), [l["ideal_cycles"] / max(1, l["by_unit"]["array"]) for l in gem], color=_COLORS["array"])
     ax.axhline(report["utilization"], color="k", linestyle="--", linewidth=1,
-               label=f"whole network {report['utilization']:.3f}")
+               label=f"whole network {report['utilization']:.4f}")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"{title}: GEMM array efficiency (ideal / array busy cycles)")
     ax.set_xticks(range(len(gem)), [l["node"] for l in gem], rotation=90, fontsize=5)
