@@ -86,34 +86,37 @@ int main(int argc, char** argv) {
     top->wmem__req_ready = 0; top->wmem__resp_valid = 0;
     for (int i = 0; i < 3; ++i) edge();
     top->rst = 0;
-    std::deque<std::pair<uint64_t, std::vector<uint8_t>>> pending, ipending, wpending;
+    using Queue = std::deque<std::pair<uint64_t, std::vector<uint8_t>>>;
+    Queue pending, ipending, wpending;       // read responses of mem, imem, wmem
     uint64_t cycle = 0, reads = 0, writes = 0, steps = 0;
+    // a port's response this cycle: its oldest read once due, else resp_valid low
+    auto respond = [&](Queue& q, auto& resp_valid, void (*set)(V@TOP@*, const uint8_t*)) {
+        if (!q.empty() && q.front().first <= cycle) {
+            resp_valid = 1;
+            set(top, q.front().second.data());
+            q.pop_front();
+        } else {
+            resp_valid = 0;
+        }
+    };
+    // a read request: the word as it is now, answered `latency` cycles later
+    auto accept_read = [&](Queue& q, uint64_t addr, const char* what) {
+        if (addr % BUS_BYTES || addr + BUS_BYTES > mem.size()) {
+            std::fprintf(stderr, "%s at 0x%llx: unaligned or outside memory\n", what, (unsigned long long)addr);
+            return false;
+        }
+        ++reads;
+        q.emplace_back(cycle + latency, std::vector<uint8_t>(mem.begin() + addr, mem.begin() + addr + BUS_BYTES));
+        return true;
+    };
     std::vector<uint8_t> word(BUS_BYTES);
     bool done = false;
     for (;;) {
         edge();
         ++cycle;
-        if (!pending.empty() && pending.front().first <= cycle) {
-            top->mem__resp_valid = 1;
-            set_rdata(top, pending.front().second.data());
-            pending.pop_front();
-        } else {
-            top->mem__resp_valid = 0;
-        }
-        if (!ipending.empty() && ipending.front().first <= cycle) {
-            top->imem__resp_valid = 1;
-            set_irdata(top, ipending.front().second.data());
-            ipending.pop_front();
-        } else {
-            top->imem__resp_valid = 0;
-        }
-        if (!wpending.empty() && wpending.front().first <= cycle) {
-            top->wmem__resp_valid = 1;
-            set_wrdata(top, wpending.front().second.data());
-            wpending.pop_front();
-        } else {
-            top->wmem__resp_valid = 0;
-        }
+        respond(pending, top->mem__resp_valid, set_rdata);
+        respond(ipending, top->imem__resp_valid, set_irdata);
+        respond(wpending, top->wmem__resp_valid, set_wrdata);
         top->mem__req_ready = 1;
         top->imem__req_ready = 1;
         top->wmem__req_ready = 1;
@@ -123,39 +126,23 @@ int main(int argc, char** argv) {
         top->eval();
         if (top->mem__req_valid) {
             uint64_t addr = top->mem__req_addr;
-            if (addr % BUS_BYTES || addr + BUS_BYTES > mem.size()) {
-                std::fprintf(stderr, "bus access at 0x%llx: unaligned or outside memory\n", (unsigned long long)addr);
-                return 3;
-            }
             if (top->mem__req_we) {
+                if (addr % BUS_BYTES || addr + BUS_BYTES > mem.size()) {
+                    std::fprintf(stderr, "bus access at 0x%llx: unaligned or outside memory\n", (unsigned long long)addr);
+                    return 3;
+                }
                 ++writes;
                 get_wdata(top, word.data());
                 uint64_t strb = top->mem__req_wstrb;
                 for (int b = 0; b < BUS_BYTES; ++b)
                     if ((strb >> b) & 1) mem[addr + b] = word[b];
-            } else {
-                ++reads;
-                pending.emplace_back(cycle + latency, std::vector<uint8_t>(mem.begin() + addr, mem.begin() + addr + BUS_BYTES));
-            }
-        }
-        if (top->imem__req_valid) {             // instruction fetches: read only
-            uint64_t addr = top->imem__req_addr;
-            if (addr % BUS_BYTES || addr + BUS_BYTES > mem.size()) {
-                std::fprintf(stderr, "fetch at 0x%llx: unaligned or outside memory\n", (unsigned long long)addr);
+            } else if (!accept_read(pending, addr, "bus access")) {
                 return 3;
             }
-            ++reads;
-            ipending.emplace_back(cycle + latency, std::vector<uint8_t>(mem.begin() + addr, mem.begin() + addr + BUS_BYTES));
         }
-        if (top->wmem__req_valid) {             // weight DMA: read only
-            uint64_t addr = top->wmem__req_addr;
-            if (addr % BUS_BYTES || addr + BUS_BYTES > mem.size()) {
-                std::fprintf(stderr, "weight read at 0x%llx: unaligned or outside memory\n", (unsigned long long)addr);
-                return 3;
-            }
-            ++reads;
-            wpending.emplace_back(cycle + latency, std::vector<uint8_t>(mem.begin() + addr, mem.begin() + addr + BUS_BYTES));
-        }
+        // instruction fetches and the weight DMA: read only
+        if (top->imem__req_valid && !accept_read(ipending, top->imem__req_addr, "fetch")) return 3;
+        if (top->wmem__req_valid && !accept_read(wpending, top->wmem__req_addr, "weight read")) return 3;
         if (steps >= 2 && top->done) { done = true; break; }
         ++steps;
         if (steps > max_cycles) break;
