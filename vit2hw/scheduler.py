@@ -27,12 +27,13 @@ topological order) become instructions of :mod:`vit2hw.isa`:
                 either the image codes or the patches.
 =============== ==============================================================================
 
-On-chip forwarding (MOVE, O → V) where a GEMM result's only use is a vector operation:
-attention scores → softmax (``scores_softmax``: GEMM, MOVE, SOFTMAX per head and chunk of
-rows) and a linear → residual add (``linear_into_v``: the projection / fc2 computed chunk by
-chunk inside the residual add); a LayerNorm of a residual sum runs on the sum in V. Every
-other hand-over goes through external memory (STORE then LOAD), in particular everything a
-GEMM reads (there is no path into A or B). Loads whose data is already resident in a
+On-chip hand-overs where a GEMM result's only use is a vector operation: attention scores →
+softmax (``scores_softmax``: per head and chunk of rows a GEMM, then a SOFTMAX reading the
+scores in O; the P·V of each chunk follows in the same loop, ``pv_chunk``) and a linear →
+residual add (``linear_into_v``: the projection / fc2 computed chunk by chunk inside the
+residual add, MOVE O → V); a LayerNorm of a residual sum runs on the sum in V. Every other
+hand-over goes through external memory (STORE then LOAD), in particular everything a GEMM
+reads (there is no path into A or B). Loads whose data is already resident in a
 scratchpad (same source, same lines, nothing written over them since) are skipped, and a
 GEMM's requantization parameters are loaded once when they all fit half of P.
 """
@@ -198,6 +199,18 @@ class _Params:
     kind: str       # "col", "elem", "row", "rowrec" (see tiling.choose_blocking)
     addr: int
     line_stride: int  # bytes between consecutive row groups ("elem": one output row's lines)
+
+
+@dataclass(frozen=True)
+class _AttnV:
+    """An attention P·V, checked and with its constants placed (``_Scheduler.attn_v_plan``)."""
+    mode: GemmMode
+    heads: list[tuple[_Params, _Matrix]]  # per head: parameters and its Vᵀ rows
+    probs: Region
+    out: Region
+    tokens: int
+    head_width: int
+    out_bits: int
 
 
 class _Residency:
@@ -620,7 +633,7 @@ class _Scheduler:
         lines, nt, lpr = _ceil(d, g.bus_bytes), _ceil(n, g.cols), _ceil(n, g.lanes)
         av = self.pv_fused.get(node.name)
         pv = self.attn_v_plan(av) if av is not None else None
-        per = self.scores_chunk_rows(node, _ceil(pv[5], g.cols) if pv is not None else 0)
+        per = self.scores_chunk_rows(node, _ceil(pv.head_width, g.cols) if pv is not None else 0)
         qr, kr, yr = self.regions[q], self.regions[k], self.regions[sm.output]
         lineb = g.cols * RECORD_BYTES
         self.flush_stores()
@@ -642,26 +655,28 @@ class _Scheduler:
                 self.asm.softmax(o_sp, v, rows, length, SoftmaxMode(extra.get(SOFTMAX_MODE_FIELD, 0)),
                                  src_row_lines=nt)
                 if pending is not None:
-                    self.vec_store(*pending[:5])
+                    self.vec_store(*pending[0])
                 self.attribute(first, sm.name)
                 # the previous chunk's P·V, its probabilities just stored, while the vector
                 # engine normalizes this chunk
                 if pending is not None and pv is not None:
-                    self.pv_chunk(av, pv, *pending[5:])
-                # a chunk's P·V output goes into its scores' O half, after the scores
-                pending = (yr, hd * n + r0, rows, lpr, v, hd, r0, rows, o_sp + _ceil(rows, g.rows) * g.rows * nt)
+                    self.pv_chunk(av, pv, *pending[1])
+                # (the probabilities' STORE, the chunk's P·V: its output goes into the scores'
+                # O half, after the scores)
+                pending = ((yr, hd * n + r0, rows, lpr, v),
+                           (hd, r0, rows, o_sp + _ceil(rows, g.rows) * g.rows * nt))
         first = len(self.asm.program.instructions)
-        self.vec_store(*pending[:5])
+        self.vec_store(*pending[0])
         self.attribute(first, sm.name)
         if pv is not None:
-            self.pv_chunk(av, pv, *pending[5:])
+            self.pv_chunk(av, pv, *pending[1])
 
-    def pv_chunk(self, av: Node, plan, hd: int, r0: int, rows: int, o_sp: int) -> None:
+    def pv_chunk(self, av: Node, plan: _AttnV, hd: int, r0: int, rows: int, o_sp: int) -> None:
         """P·V of head ``hd``'s probability rows ``r0 .. r0+rows`` (just stored by the scores
         loop) into O line ``o_sp``; its STORE waits in ``pending`` for the next GEMM."""
         g = self.g
-        mode, heads, prr, out, n, d, ys = plan
-        p, b = heads[hd]
+        prr, out, n, d = plan.probs, plan.out, plan.tokens, plan.head_width
+        p, b = plan.heads[hd]
         lines, ntv = _ceil(n, g.bus_bytes), _ceil(d, g.cols)
         lineb = g.cols * RECORD_BYTES
         first = len(self.asm.program.instructions)
@@ -670,7 +685,8 @@ class _Scheduler:
         src = prr.addr + (hd * n + r0) * prr.stride
         self.flush_stores_into(src, rows, prr.stride, lines * g.bus_bytes)
         a_sp = self.load_half(Target.A, src, rows, lines, prr.stride, True)
-        self.asm.gemm(rows, d, n, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp, out_bits=ys.bits, mode=mode)
+        self.asm.gemm(rows, d, n, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp, out_bits=plan.out_bits,
+                      mode=plan.mode)
         self.attribute(first, av.name)
         self.flush_stores()
         eb = out.ebytes
@@ -736,15 +752,14 @@ class _Scheduler:
     def do_attn_v(self, node: Node) -> None:
         if node.name in self.skip:          # run chunk by chunk in its scores' loop
             return
-        pr = node.inputs[0]
-        mode, heads, prr, out, n, d, ys = self.attn_v_plan(node)
-        for hd, (p, b) in enumerate(heads):
-            a = self.act(pr, prr.view_rows(hd * n, n))
-            self.gemm(f"{node.name}[head {hd}]", a, b, n, p, out, ys.bits, mode, out_col0=hd * d)
+        plan = self.attn_v_plan(node)
+        n, d = plan.tokens, plan.head_width
+        for hd, (p, b) in enumerate(plan.heads):
+            a = self.act(node.inputs[0], plan.probs.view_rows(hd * n, n))
+            self.gemm(f"{node.name}[head {hd}]", a, b, n, p, plan.out, plan.out_bits, plan.mode, out_col0=hd * d)
 
-    def attn_v_plan(self, node: Node):
-        """Checks, MAC count and per-head operands of an attention P·V: ``(mode, [(params,
-        Vᵀ rows) per head], probabilities region, output region, tokens, head width, out spec)``."""
+    def attn_v_plan(self, node: Node) -> _AttnV:
+        """Checks, MAC count and per-head operands of an attention P·V."""
         pr, v = node.inputs
         ps, vs, ys = self.spec(pr), self.spec(v), self.spec(node.output)
         h = node.attrs["heads"]
@@ -767,7 +782,7 @@ class _Scheduler:
             p = _Params("col", self.const(self.param_lines(d, 0, m, s, ys.zero_point),
                                           f"{node.name}.params[{hd}]", "params"), 0)
             heads.append((p, _Matrix(vt.addr + hd * d * vt.stride, d, vt.stride)))
-        return mode, heads, prr, out, n, d, ys
+        return _AttnV(mode, heads, prr, out, n, d, ys.bits)
 
     # ---------------------------------------------------------- vector ops
     def chunks(self, node: Node, rows: int, lines_per_row: int, regions: int,
