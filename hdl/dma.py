@@ -19,7 +19,9 @@ Engines (one runs at a time; the controller selects whose requests reach the bus
   its last word returns.
 * :class:`StoreEngine` writes ``rows`` × ``row_lines`` lines of the O or V scratchpad,
   narrowing each 32-bit lane to 1, 2 or 4 bytes, one word per cycle while the bus is ready;
-  elements at or beyond ``row_elems`` in a row get their byte strobes cleared.
+  elements at or beyond ``row_elems`` in a row get their byte strobes cleared. With
+  ``dst_a`` the words go into A instead (``aw``, one per cycle, cleared bytes zero): an
+  on-chip copy of GEMM results or vector-unit rows into the array's A operand.
 """
 
 from __future__ import annotations
@@ -255,6 +257,8 @@ class StoreEngine(wiring.Component):
             "bus": Out(mem_bus_signature(self.bus_bits)),
             "o_rd": Out(read_port_signature(g.cols * 32, g.o_depth, 1)),
             "v_rd": Out(read_port_signature(g.lanes * 32, g.v_depth, 1)),
+            "aw": Out(wiring.Signature({"en": Out(1), "bank": Out(_bits(g.rows)), "addr": Out(24),
+                                        "data": Out(self.bus_bits)})),
         })
 
     def _narrow(self, m, line, lanes, eb_log2, elem_base, row_elems, w):
@@ -304,26 +308,43 @@ class StoreEngine(wiring.Component):
         o_word, o_strb = self._narrow(m, self.o_rd.data[0], g.cols, cfg.ebytes_log2, elem_base, cfg.row_elems, wi)
         v_word, v_strb = self._narrow(m, self.v_rd.data[0], g.lanes, cfg.ebytes_log2, elem_base, cfg.row_elems, wi)
         active = rows != 0
+        # into A: A's write port belongs to this engine, so a word goes every cycle; each row's
+        # words fill A lines of one bank, rows taking the banks in turn (as LOAD places them)
+        to_a = Signal()
+        a_bank = Signal(_bits(g.rows))
+        a_line = Signal(24)
+        a_row0 = Signal(24)
+        word = Mux(is_v, v_word, o_word)
+        strb = Mux(is_v, v_strb, o_strb)
+        fire = active & (to_a | self.bus.req_ready)
         m.d.comb += [
             self.busy.eq(active),
-            self.bus.req_valid.eq(active), self.bus.req_we.eq(1), self.bus.req_addr.eq(addr),
-            self.bus.req_wdata.eq(Mux(is_v, v_word, o_word)),
-            self.bus.req_wstrb.eq(Mux(is_v, v_strb, o_strb)),
+            self.bus.req_valid.eq(active & ~to_a), self.bus.req_we.eq(1), self.bus.req_addr.eq(addr),
+            self.bus.req_wdata.eq(word), self.bus.req_wstrb.eq(strb),
+            self.aw.en.eq(fire & to_a), self.aw.bank.eq(a_bank), self.aw.addr.eq(a_line),
+            self.aw.data.eq(Cat(*[Mux(strb[b], word[8 * b:8 * b + 8], 0) for b in range(wb)])),
         ]
         with m.If(self.go):
             m.d.sync += [is_v.eq(is_v_now), wpl.eq(wpl_now),
                          lanes.eq(Mux(is_v_now, g.lanes, g.cols)),
                          rows.eq(Mux(cfg.row_lines != 0, cfg.rows, 0)), wi.eq(0), li.eq(0),
-                         addr.eq(cfg.ext_addr), row_addr.eq(cfg.ext_addr), elem_base.eq(0)]
+                         addr.eq(cfg.ext_addr), row_addr.eq(cfg.ext_addr), elem_base.eq(0),
+                         to_a.eq(cfg.dst_a), a_bank.eq(0), a_line.eq(cfg.a_addr), a_row0.eq(cfg.a_addr)]
             m.d.comb += line_ptr_n.eq(cfg.spad_addr)
-        with m.Elif(self.bus.req_valid & self.bus.req_ready):
-            m.d.sync += [wi.eq(wi + 1), addr.eq(addr + wb)]
+        with m.Elif(fire):
+            m.d.sync += [wi.eq(wi + 1), addr.eq(addr + wb), a_line.eq(a_line + 1)]
             with m.If(wi == wpl - 1):
                 m.d.sync += [wi.eq(0), elem_base.eq(elem_base + lanes), li.eq(li + 1)]
                 m.d.comb += line_ptr_n.eq(line_ptr + 1)
                 with m.If(li == cfg.row_lines - 1):
                     m.d.sync += [li.eq(0), elem_base.eq(0), rows.eq(rows - 1),
                                  row_addr.eq(row_addr + cfg.ext_stride), addr.eq(row_addr + cfg.ext_stride)]
+                    # the next row: the next bank from this row's first line, or after the last
+                    # bank the lines following this row
+                    with m.If(a_bank == g.rows - 1):
+                        m.d.sync += [a_bank.eq(0), a_row0.eq(a_line + 1)]
+                    with m.Else():
+                        m.d.sync += [a_bank.eq(a_bank + 1), a_line.eq(a_row0)]
         return m
 
 

@@ -2,7 +2,7 @@
 
 ``Accelerator(config)`` has three external memory ports with the bus of :mod:`hdl.dma`, all
 views of one memory: ``mem`` for the DMA engine (LOADs of activations into A and V, every
-STORE), ``wmem`` (read only) for the weight DMA engine (LOADs of weights, parameters and
+STORE but those into A, which stay on chip), ``wmem`` (read only) for the weight DMA engine (LOADs of weights, parameters and
 constants into B, P and the constant memories) and ``imem`` (read only) for instruction
 fetches. So weights stream in while activations move, and the sequencer fetches the next
 instruction while transfers run (programs never write their own instructions). The control
@@ -125,9 +125,14 @@ class Accelerator(wiring.Component):
 
         # ---- LOAD destinations: A and V from the DMA engine, the rest from the weight DMA
         lw, ww = load.wr, wload.wr
-        for spad, t, src in ((sa, Target.A, lw), (sb, Target.B, ww), (sp, Target.P, ww)):
+        for spad, t, src in ((sb, Target.B, ww), (sp, Target.P, ww)):
             m.d.comb += [spad.wr.en.eq(src.en & (src.target == t)), spad.wr.bank.eq(src.bank),
                          spad.wr.addr.eq(src.addr), spad.wr.data.eq(src.data)]
+        # A is written by the DMA engine's LOADs and STOREs into A, never both at once
+        aw = store.aw
+        m.d.comb += [sa.wr.en.eq((lw.en & (lw.target == Target.A)) | aw.en),
+                     sa.wr.bank.eq(Mux(aw.en, aw.bank, lw.bank)), sa.wr.addr.eq(Mux(aw.en, aw.addr, lw.addr)),
+                     sa.wr.data.eq(Mux(aw.en, aw.data, lw.data))]
         # V has a write port per half: a LOAD into one half runs beside a vector instruction
         # writing the other (vit2hw.hazards keeps two writers out of one half)
         m.d.comb += [sv.wr0.en.eq(lw.en & (lw.target == Target.V)), sv.wr0.addr.eq(lw.addr),

@@ -26,7 +26,7 @@ from sim.runner import run_cocotb
 from vit2hw import intops as I
 from vit2hw.cyclemodel import program_cycles
 from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, Assembler, Geometry, GemmMode, Program,
-                        SoftmaxMode, Target, pack_records, pack_rows)
+                        SoftmaxMode, Target, pack_records, pack_rows, store_row_words)
 
 SMALL = AcceleratorConfig(name="small4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
                           weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
@@ -238,9 +238,10 @@ def softmax_case(cfg, rng, rows: int, length: int) -> Case:
     return case
 
 
-def uniform_attention_case(cfg, rng, rows: int, length: int, n: int) -> Case:
+def uniform_attention_case(cfg, rng, rows: int, length: int, n: int, on_chip: bool = False) -> Case:
     """Uniform softmax of int16 scores to probabilities 0..127, stored, then loaded as the A
-    operand of a multiply-mode P·V GEMM (int8 V, requantized to int8): both results checked."""
+    operand of a multiply-mode P·V GEMM (int8 V, requantized to int8): both results checked.
+    ``on_chip``: the probabilities reach A by a STORE into A instead of through memory."""
     g = Geometry.from_config(cfg)
     asm, mem = Assembler(g), Layout()
     wb = g.bus_bytes
@@ -274,14 +275,68 @@ def uniform_attention_case(cfg, rng, rows: int, length: int, n: int) -> Case:
     asm.load(Target.V, ta, rows, lpr, 0, ebytes=2)
     asm.softmax(0, rows * lpr, rows, length, mode=SoftmaxMode.UNIFORM)
     asm.store(Target.V, pr, rows, lpr, rows * lpr, row_elems=length, ebytes=1)
-    asm.load(Target.A, pr, rows, k_lines, 0, ext_stride=p_row)
+    a_row = None
+    if on_chip:
+        a_row = store_row_words(g, Target.V, lpr)
+        asm.store_to_a(Target.V, rows, lpr, rows * lpr, row_elems=length, a_addr=1)
+    else:
+        asm.load(Target.A, pr, rows, k_lines, 1, ext_stride=p_row)
     asm.load(Target.B, va, n, k_lines, 0)
     asm.load(Target.P, pa, p_lines, 1, 0)
-    asm.gemm(rows, n, length, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=8, mode=GemmMode.MUL8)
+    asm.gemm(rows, n, length, a_addr=1, b_addr=0, o_addr=0, p_addr=0, out_bits=8, mode=GemmMode.MUL8,
+             a_row_lines=a_row)
     asm.store(Target.O, ya, rows, nt, 0, row_elems=n, ebytes=1)
-    case = Case("uniform_pv", asm.end())
+    case = Case("uniform_pv_on_chip" if on_chip else "uniform_pv", asm.end())
     case.expect("probs", pr, probs, 1, p_row)
     case.expect("PV", ya, want, 1, out_row)
+    return case
+
+
+def chained_gemm_case(cfg, rng, m: int, k: int, n1: int, n2: int) -> Case:
+    """Z = requant(requant(X @ W1) @ W2) with the int8 intermediate going from O into A by a
+    STORE into A (no memory round trip; A lines behind X's); Y and Z are both checked."""
+    g = Geometry.from_config(cfg)
+    asm, mem = Assembler(g), Layout()
+    wb = g.bus_bytes
+    x = rng.integers(-128, 128, (m, k))
+    w1, w2 = rng.integers(-128, 128, (k, n1)), rng.integers(-128, 128, (n1, n2))
+    layers = []
+    acts = [x]
+    for w in (w1, w2):
+        acc = I.int_gemm(acts[-1], w, 8, 8)
+        n = w.shape[1]
+        mult, shift = I.choose_multiplier(np.full(n, 100.0 / max(1, int(np.abs(acc).max()))), max_shift=40)
+        bias, zp = rng.integers(-3000, 3000, n), rng.integers(-3, 4, n)
+        acts.append(I.requantize(acc, mult, shift, 8, True, zp, bias))
+        layers.append(_param_lines(g, n, bias, mult, shift, zp))
+    mt = _ceil(m, g.rows)
+    l1, l2 = _ceil(k, wb), _ceil(n1, wb)
+    nt1, nt2 = _ceil(n1, g.cols), _ceil(n2, g.cols)
+    xa = mem.take(m * l1 * wb)
+    asm.data(xa, pack_rows(x, 1, l1 * wb), "x")
+    wa1, wa2 = mem.take(n1 * l1 * wb), mem.take(n2 * l2 * wb)
+    asm.data(wa1, pack_rows(w1.T, 1, l1 * wb), "w1")
+    asm.data(wa2, pack_rows(w2.T, 1, l2 * wb), "w2")
+    pa1, pa2 = mem.take(len(layers[0][0])), mem.take(len(layers[1][0]))
+    asm.data(pa1, layers[0][0], "p1")
+    asm.data(pa2, layers[1][0], "p2")
+    row1, row2 = (nt * g.words_per_line(Target.O, 1) * wb for nt in (nt1, nt2))
+    ya, za = mem.take(m * row1), mem.take(m * row2)
+    a2, b2, o2 = mt * l1, _ceil(n1, g.cols) * l1, mt * g.rows * nt1
+    a_row = store_row_words(g, Target.O, nt1)
+    asm.load(Target.A, xa, m, l1, 0)
+    asm.load(Target.B, wa1, n1, l1, 0)
+    asm.load(Target.B, wa2, n2, l2, b2)
+    asm.load(Target.P, pa1, nt1, 1, 0)
+    asm.load(Target.P, pa2, nt2, 1, nt1)
+    asm.gemm(m, n1, k, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=8)
+    asm.store_to_a(Target.O, m, nt1, 0, row_elems=n1, a_addr=a2)
+    asm.store(Target.O, ya, m, nt1, 0, row_elems=n1, ebytes=1)
+    asm.gemm(m, n2, n1, a_addr=a2, b_addr=b2, o_addr=o2, p_addr=nt1, out_bits=8, a_row_lines=a_row)
+    asm.store(Target.O, za, m, nt2, o2, row_elems=n2, ebytes=1)
+    case = Case("chained_gemm", asm.end())
+    case.expect("Y", ya, acts[1], 1, row1)
+    case.expect("Z", za, acts[2], 1, row2)
     return case
 
 
@@ -477,6 +532,46 @@ def test_top_softmax_reads_scores_in_o(tmp_path):
         gemm_case(rect, rng, 11, 6, 13, name="scores_uniform", out_ebytes=2, softmax_from_o=SoftmaxMode.UNIFORM)])
     _run(tmp_path / "small", SMALL, [gemm_case(SMALL, rng, 6, 8, 9, name="scores_o", out_ebytes=2,
                                                softmax_from_o=SoftmaxMode.LOG2)], latency=3)
+
+
+def test_top_store_into_a(tmp_path):
+    """STORE with dst_a puts O or V rows into A on chip, where the next GEMM reads them: int8
+    GEMM results chained into a second GEMM (6x8: an O line is two bus words; 4x4) and
+    uniform probabilities as the A operand of P·V (4x8 with 8 lanes on a 32-bit bus: a V line
+    is two A lines; 4x4), all bit-exact, with the cycles the model predicts (one word a cycle,
+    as a STORE to a ready memory) even with a slow memory."""
+    rect = AcceleratorConfig(name="rect6x8", rows=6, cols=8, vector_lanes=4, act_buf_bytes=6 * 4 * 64,
+                             weight_buf_bytes=8 * 4 * 64, out_buf_bytes=32 * 64, mem_bus_bits=32,
+                             max_tokens=32, max_channels=32)
+    wide = AcceleratorConfig(name="wide4x8", rows=4, cols=8, vector_lanes=8, act_buf_bytes=4 * 4 * 64,
+                             weight_buf_bytes=8 * 4 * 64, out_buf_bytes=32 * 64, mem_bus_bits=32,
+                             max_tokens=32, max_channels=32)
+    rng = np.random.default_rng(47)
+    _run(tmp_path / "rect", rect, [chained_gemm_case(rect, rng, 11, 10, 14, 9)])
+    _run(tmp_path / "wide", wide, [uniform_attention_case(wide, rng, 7, 19, 6, on_chip=True)], latency=3)
+    _run(tmp_path / "small", SMALL, [chained_gemm_case(SMALL, rng, 9, 7, 11, 6),
+                                     uniform_attention_case(SMALL, rng, 5, 11, 6, on_chip=True)], latency=2)
+
+
+def test_store_into_a_interpreter_matches_memory_round_trip():
+    """The ISA interpreter's STORE into A leaves A exactly as STORE to memory + LOAD of those
+    rows would (bytes of elements past row_elems zero), so the P·V outputs agree; and the
+    STORE into A touches no external memory (hazards) and moves no DRAM bytes."""
+    from vit2hw.hazards import accesses, dram_span
+    from vit2hw.isasim import run_program
+    for on_chip in (False, True):
+        case = uniform_attention_case(SMALL, np.random.default_rng(3), 5, 11, 6, on_chip=on_chip)
+        mem = run_program(case.program, SMALL, mem_size=MEM_SIZE)
+        for chk in case.checks:
+            got = np.frombuffer(bytes(mem[chk["addr"]:chk["addr"] + chk["rows"] * chk["row_bytes"]]), np.uint8)
+            got = got.reshape(chk["rows"], chk["row_bytes"])[:, :chk["cols"]].astype(np.int64)
+            want = np.asarray(chk["expected"]) & 0xFF
+            assert (got == want).all(), (on_chip, chk["what"])
+    g = Geometry.from_config(SMALL)
+    ins = Assembler(g).store_to_a(Target.V, 6, 3, 0, row_elems=11, a_addr=2)
+    reads, writes = accesses(ins, g)
+    assert dram_span(ins, g) is None and [w.space for w in writes] == ["A"]
+    assert (writes[0].lo, writes[0].hi) == (2, 2 + 2 * 3)
 
 
 def test_top_back_pressure(tmp_path):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, instr_engine
+from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, instr_engine, store_row_words
 
 __all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "v_half_lines", "dram_span"]
 
@@ -57,7 +57,7 @@ def _v_port(lo: int, n: int, g: Geometry) -> Span:
 
 def dram_span(ins: Instruction, g: Geometry) -> Span | None:
     """External bytes a LOAD reads or a STORE writes (bounding interval), else None."""
-    if ins.op not in (Op.LOAD, Op.STORE) or ins["rows"] == 0:
+    if ins.op not in (Op.LOAD, Op.STORE) or ins["rows"] == 0 or (ins.op == Op.STORE and ins.get("dst_a")):
         return None
     wpl = g.words_per_line(Target(ins["target"]), 1 << ins["ebytes_log2"])
     lo = ins["ext_addr"]
@@ -83,7 +83,11 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
         return [ext] if ext else [], w
     if op == Op.STORE:
         t = Target(ins["target"])
-        return [Span(t.name, ins["spad_addr"], ins["spad_addr"] + ins["rows"] * ins["row_lines"])], [ext] if ext else []
+        reads = [Span(t.name, ins["spad_addr"], ins["spad_addr"] + ins["rows"] * ins["row_lines"])]
+        if ins.get("dst_a"):
+            w = store_row_words(g, t, ins["row_lines"], 1 << ins["ebytes_log2"])
+            return reads, [Span("A", ins["a_addr"], ins["a_addr"] + _ceil(ins["rows"], g.rows) * w)]
+        return reads, [ext] if ext else []
     if op == Op.GEMM:
         mt, nt = ins["m_tiles"], ins["n_tiles"]
         if mt == 0 or nt == 0 or ins["k_beats"] == 0:

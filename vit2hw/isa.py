@@ -46,11 +46,12 @@ __all__ = [
     "WAIT_POS", "field_offsets",
     "Instruction", "encode", "decode", "Segment", "Program", "ProgramError",
     "Geometry", "PARAM_RECORD", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
-    "pack_records", "pack_rows", "unpack_rows", "Assembler",
+    "pack_records", "pack_rows", "unpack_rows", "Assembler", "store_row_words",
 ]
 
 #: 2: the ``wait`` field and concurrent engines (version-1 programs had no dependencies)
-ISA_VERSION = 3
+#: 3: the weight DMA engine; 4: STORE into A (``dst_a``), an on-chip copy on the DMA engine
+ISA_VERSION = 4
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 OPCODE_BITS = 8
@@ -159,7 +160,10 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
     Op.LOAD: ("target:u3", "ebytes_log2:u2", "ext_addr:u32", "ext_stride:u32", "rows:u16",
               "row_lines:u16", "spad_addr:u24"),
     Op.STORE: ("target:u3", "ebytes_log2:u2", "ext_addr:u32", "ext_stride:u32", "rows:u16",
-               "row_lines:u16", "spad_addr:u24", "row_elems:u16"),
+               "row_lines:u16", "spad_addr:u24", "row_elems:u16",
+               # appended (bit 149): the words go into A from line ``a_addr`` (as a LOAD of them
+               # into A would place them) instead of external memory
+               "dst_a:u1", "a_addr:u24"),
     Op.GEMM: ("mode:u2", "a_unsigned:u1", "out_bits:u6", "out_signed:u1", "bypass:u1",
               "bias_per_row:u1", "m_tiles:u16", "n_tiles:u16", "k_beats:u16",
               "a_addr:u24", "a_row_lines:u16", "b_addr:u24", "b_row_lines:u16",
@@ -453,6 +457,11 @@ class Geometry:
                 Target.LUT_TABLE: 256}[t]
 
 
+def store_row_words(g: Geometry, target: "Target | int", row_lines: int, ebytes: int = 1) -> int:
+    """Bus words a STORE writes per row: the A lines per row of a STORE into A."""
+    return row_lines * g.words_per_line(target, ebytes)
+
+
 # ------------------------------------------------------------------ record formats
 
 #: requantization parameters of one output column (a P line holds ``cols`` of them)
@@ -583,6 +592,22 @@ class Assembler:
         return self.emit(Op.STORE, target=int(target), ebytes_log2=_log2_bytes(ebytes), ext_addr=ext_addr,
                          ext_stride=ext_stride, rows=rows, row_lines=row_lines, spad_addr=spad_addr,
                          row_elems=row_elems)
+
+    def store_to_a(self, target: Target, rows: int, row_lines: int, spad_addr: int, row_elems: int,
+                   a_addr: int, ebytes: int = 1) -> Instruction:
+        """STORE ``rows`` × ``row_lines`` lines of O or V into A instead of external memory: the
+        words a STORE would write for row ``i`` become A lines ``a_addr + (i // rows_of_array) ·
+        w + j`` of bank ``i % rows_of_array`` (``w`` = :func:`store_row_words`), as a LOAD of
+        them into A would place them; bytes of elements ``>= row_elems`` are zero."""
+        if target not in (Target.O, Target.V):
+            raise ProgramError("STORE reads the O or V scratchpad")
+        w = store_row_words(self.g, target, row_lines, ebytes)
+        last = a_addr + -(-rows // self.g.rows) * w
+        if last > self.g.a_depth:
+            raise ProgramError(f"STORE into A ends at line {last} > depth {self.g.a_depth}")
+        return self.emit(Op.STORE, target=int(target), ebytes_log2=_log2_bytes(ebytes), rows=rows,
+                         row_lines=row_lines, spad_addr=spad_addr, row_elems=row_elems, dst_a=1,
+                         a_addr=a_addr)
 
     def gemm(self, m: int, n: int, k_beats: int, a_addr: int, b_addr: int, o_addr: int, p_addr: int,
              out_bits: int = 8, out_signed: bool = True, mode: GemmMode = GemmMode.MUL8,

@@ -146,6 +146,18 @@ def _store(st: MachineState, mem: np.ndarray, ins: Instruction) -> None:
     e = np.arange(min(n_el, rl * lanes))
     offs = ((e // lanes) * line_bytes + (e % lanes) * eb)[:, None] + np.arange(eb)[None, :]
     offs = offs.reshape(-1)
+    if ins.get("dst_a"):
+        # the words go into A as a LOAD of them would place them; unwritten bytes are zero
+        words = rl * wpl
+        row = np.zeros((rows, rl * line_bytes), np.uint8)
+        row[:, offs] = padded[:, offs]
+        a0 = ins["a_addr"]
+        _span(_ceil(rows, g.rows) * words, st.a.shape[1], "STORE into A", a0)
+        lines = row.reshape(rows, words, g.bus_bytes)
+        for i in range(rows):
+            base = a0 + (i // g.rows) * words
+            st.a[i % g.rows, base:base + words] = lines[i]
+        return
     base = ins["ext_addr"] + np.arange(rows)[:, None] * ins["ext_stride"]
     idx = base + offs[None, :]
     if rows and offs.size and (idx.min() < 0 or idx.max() >= len(mem)):

@@ -131,7 +131,7 @@ def analyze(sp, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> Analysis:
             if kind_at(ins["ext_addr"]) in ("weights", "params", "constants"):
                 st.const_read_bytes += n
                 st.const_load_cycles += b
-        elif ins.op == Op.STORE:
+        elif ins.op == Op.STORE and not ins.get("dst_a"):
             st.write_bytes += _bus_bytes(ins, g)
     pes = g.rows * g.cols
     for name, info in sp.gemms.items():
