@@ -53,7 +53,7 @@ from vit2hw.hazards import assign_waits, v_half_lines
 from vit2hw.reorder import reorder
 from vit2hw.isa import (FIELDS, LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Assembler,
                         Geometry, GemmMode, Op, Program, Segment, SoftmaxMode, Target, pack_records, pack_rows,
-                        unpack_rows)
+                        store_row_words, unpack_rows)
 from vit2hw.memplan import MemoryPlan, Region, element_bytes
 from vit2hw.tiling import TileError, choose_blocking, resident_param_lines
 
@@ -636,8 +636,11 @@ class _Scheduler:
         per = self.scores_chunk_rows(node, _ceil(pv.head_width, g.cols) if pv is not None else 0)
         qr, kr, yr = self.regions[q], self.regions[k], self.regions[sm.output]
         lineb = g.cols * RECORD_BYTES
+        # the probabilities go from V into A on chip (STORE into A) when P·V is the only use
+        on_chip = pv is not None and yr.ebytes == 1
         self.flush_stores()
         half, turn, pending = v_half_lines(g), 0, None
+        a_sp = None
         for hd in range(h):
             for r0 in range(0, n, per):
                 rows = min(per, n - r0)
@@ -655,25 +658,38 @@ class _Scheduler:
                 self.asm.softmax(o_sp, v, rows, length, SoftmaxMode(extra.get(SOFTMAX_MODE_FIELD, 0)),
                                  src_row_lines=nt)
                 if pending is not None:
-                    self.vec_store(*pending[0])
+                    a_sp = self.probs_to_a(*pending[0]) if on_chip else self.vec_store(*pending[0])
                 self.attribute(first, sm.name)
                 # the previous chunk's P·V, its probabilities just stored, while the vector
                 # engine normalizes this chunk
                 if pending is not None and pv is not None:
-                    self.pv_chunk(av, pv, *pending[1])
+                    self.pv_chunk(av, pv, *pending[1], a_sp=a_sp)
                 # (the probabilities' STORE, the chunk's P·V: its output goes into the scores'
                 # O half, after the scores)
                 pending = ((yr, hd * n + r0, rows, lpr, v),
                            (hd, r0, rows, o_sp + _ceil(rows, g.rows) * g.rows * nt))
         first = len(self.asm.program.instructions)
-        self.vec_store(*pending[0])
+        a_sp = self.probs_to_a(*pending[0]) if on_chip else self.vec_store(*pending[0])
         self.attribute(first, sm.name)
         if pv is not None:
-            self.pv_chunk(av, pv, *pending[1])
+            self.pv_chunk(av, pv, *pending[1], a_sp=a_sp)
 
-    def pv_chunk(self, av: Node, plan: _AttnV, hd: int, r0: int, rows: int, o_sp: int) -> None:
+    def probs_to_a(self, r: Region, r0: int, rows: int, lpr: int, v: int) -> int:
+        """STORE into A of probability rows ``r0 ..`` from V line ``v``, into A's next half
+        (instead of a STORE to memory and a LOAD back); returns their first A line."""
+        g = self.g
+        a_sp = self.halves.base(Target.A)
+        self.halves.flip(Target.A)
+        self.asm.store_to_a(Target.V, rows, lpr, v, row_elems=r.cols, a_addr=a_sp)
+        w = store_row_words(g, Target.V, lpr)
+        self.res.record(Target.A, ("on chip", r.addr, r0, rows), a_sp, a_sp + _ceil(rows, g.rows) * w)
+        return a_sp
+
+    def pv_chunk(self, av: Node, plan: _AttnV, hd: int, r0: int, rows: int, o_sp: int,
+                 a_sp: int | None = None) -> None:
         """P·V of head ``hd``'s probability rows ``r0 .. r0+rows`` (just stored by the scores
-        loop) into O line ``o_sp``; its STORE waits in ``pending`` for the next GEMM."""
+        loop, into A from line ``a_sp`` when not None) into O line ``o_sp``; its STORE waits
+        in ``pending`` for the next GEMM."""
         g = self.g
         prr, out, n, d = plan.probs, plan.out, plan.tokens, plan.head_width
         p, b = plan.heads[hd]
@@ -682,11 +698,15 @@ class _Scheduler:
         first = len(self.asm.program.instructions)
         p_sp = self.load_half(Target.P, p.addr, ntv, 1, lineb, True)
         b_sp = self.load_half(Target.B, b.addr, d, lines, b.stride, True)
-        src = prr.addr + (hd * n + r0) * prr.stride
-        self.flush_stores_into(src, rows, prr.stride, lines * g.bus_bytes)
-        a_sp = self.load_half(Target.A, src, rows, lines, prr.stride, True)
+        a_row = None
+        if a_sp is None:
+            src = prr.addr + (hd * n + r0) * prr.stride
+            self.flush_stores_into(src, rows, prr.stride, lines * g.bus_bytes)
+            a_sp = self.load_half(Target.A, src, rows, lines, prr.stride, True)
+        else:
+            a_row = store_row_words(g, Target.V, _ceil(n, g.lanes))
         self.asm.gemm(rows, d, n, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp, out_bits=plan.out_bits,
-                      mode=plan.mode)
+                      mode=plan.mode, a_row_lines=a_row)
         self.attribute(first, av.name)
         self.flush_stores()
         eb = out.ebytes
@@ -973,7 +993,8 @@ class _Scheduler:
         d = width // av.attrs["heads"]
         rows = self.scores_chunk_rows(qk, _ceil(d, g.cols))
         lines = _ceil(n, g.bus_bytes)
-        if (rows == 0 or _ceil(rows, g.rows) * lines > g.a_depth // 2 or _ceil(d, g.cols) * lines > g.b_depth // 2
+        a_lines = max(lines, store_row_words(g, Target.V, _ceil(n, g.lanes)))   # also when STOREd into A
+        if (rows == 0 or _ceil(rows, g.rows) * a_lines > g.a_depth // 2 or _ceil(d, g.cols) * lines > g.b_depth // 2
                 or _ceil(d, g.cols) > g.p_depth // 2 or (d * self.regions[av.output].ebytes) % g.bus_bytes):
             return None
         return av
