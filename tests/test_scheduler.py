@@ -306,3 +306,26 @@ def test_blocking_models_both_tried(digits_log2):
     assert best == min(cycles.values())
     with pytest.raises(ValueError, match="blocking"):
         schedule(digits_log2, cfg, blocking="fast")
+
+
+def test_probabilities_and_mlp_hidden_stay_on_chip(digits_log2, test_codes):
+    """STOREs into A hand the attention probabilities to P·V and the MLP's hidden activations
+    (fc1 with its GELU table) to fc2 on chip: the program has STOREs into A owned by every
+    softmax and every fc1, no LOAD or STORE touches those tensors' external regions, and the
+    logits stay bit-exact with the reference."""
+    g = digits_log2
+    cfg = get_preset("default")
+    sp, got = _run_images(g, cfg, test_codes[:2])
+    instrs, owners = sp.program.instructions, sp.per_instr_layer
+    on_chip = {o for ins, o in zip(instrs, owners) if ins.op == Op.STORE and ins["dst_a"]}
+    softmaxes = {n.name for n in g.nodes.values() if n.op == "softmax"}
+    luts = [n for n in g.nodes.values() if n.op == "lut"]
+    fc1s = {g.producer(n.inputs[0]).name for n in luts}
+    assert softmaxes and fc1s and softmaxes | fc1s <= on_chip
+    for t in [n.output for n in g.nodes.values() if n.name in softmaxes] + [n.output for n in luts]:
+        r = sp.regions[t]
+        lo, hi = r.addr, r.addr + r.rows * r.stride
+        for ins in instrs:
+            if ins.op in (Op.LOAD, Op.STORE) and not (ins.op == Op.STORE and ins["dst_a"]):
+                assert not lo <= ins["ext_addr"] < hi, (t, ins)
+    np.testing.assert_array_equal(got, run_graph(g, test_codes[:2])[g.outputs[0]])

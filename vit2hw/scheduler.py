@@ -274,6 +274,9 @@ class _Scheduler:
         self.pv_fused: dict[str, Node] = {}           # matmul_qk node -> the P·V in its scores loop
         self.ln_fused: dict[str, Node] = {}           # residual_add node -> the LayerNorm of its sum
         self.res_linear: dict[str, tuple] = {}        # residual_add -> (linear, operand, rows/chunk) fed by MOVE
+        self.into_a: dict[str, Node] = {}             # linear -> the residual add whose fed linear reads its
+        #                                               output in A (STOREd there, never to memory)
+        self.on_chip: set[str] = set()                # tensors that only ever live in A
         self.layers: list[str] = []
         self.gemms: dict[str, GemmInfo] = {}
         self._segments: list[tuple[int, bytes, str]] = []
@@ -476,6 +479,8 @@ class _Scheduler:
         """Emit the pending STOREs first if one writes external bytes this load reads."""
         lo, hi = addr, addr + (rows - 1) * stride + row_bytes
         for _, st in self.pending:
+            if "to_a" in st:
+                continue
             wpl = self.g.words_per_line(st["target"], st["ebytes"])
             s_lo = st["ext_addr"]
             s_hi = s_lo + (st["rows"] - 1) * st["ext_stride"] + st["row_lines"] * wpl * self.g.bus_bytes
@@ -487,7 +492,11 @@ class _Scheduler:
         """Emit the GEMM STOREs still pending (attributed to the node that computed them)."""
         for node, st in self.pending:
             self.owner[len(self.asm.program.instructions)] = node
-            self.asm.store(**st)
+            if "to_a" in st:
+                st = dict(st)
+                self.asm.store_to_a(a_addr=st.pop("to_a"), **st)
+            else:
+                self.asm.store(**st)
         self.pending = []
 
     def weight_rows(self, w_t: np.ndarray, name: str) -> _Matrix:
@@ -515,6 +524,9 @@ class _Scheduler:
 
     def do_linear(self, node: Node) -> None:
         if node.name in self.skip:      # computed chunk by chunk inside its residual add
+            return
+        if node.name in self.into_a:    # its outputs stay in A for the linear that reads them
+            self.linear_to_a(node, self.into_a[node.name])
             return
         x, y = node.inputs[0], node.output
         xs, ys = self.spec(x), self.spec(y)
@@ -714,6 +726,101 @@ class _Scheduler:
                                        rows=rows, row_lines=ntv, spad_addr=o_sp, row_elems=d,
                                        ext_stride=out.stride, ebytes=eb))]
 
+    def res_chunks(self, node: Node) -> list[tuple[int, int]]:
+        """The row chunks :meth:`do_residual_add` runs ``node`` in."""
+        rows, ch = self.rows_cols(self.spec(node.output))
+        feed = self.res_linear.get(node.name)
+        regions = 3 if node.name not in self.ln_fused else 4
+        return self.chunks(node, rows, ch // self.g.lanes, regions, feed[2] if feed else 0)[0]
+
+    def linear_into_a(self, res: Node) -> Node | None:
+        """The linear whose output (through its fused table) the linear fed into ``res`` reads,
+        when that output can go from O into A by STOREs into A and stay there until read: its
+        only use; int8; all its rows' outputs in half of A and all its inputs in the other
+        half; its weights in half of B, a row tile's outputs in half of O; the fed linear's
+        chunks whole row tiles. None otherwise."""
+        g = self.g
+        fed = self.res_linear[res.name][0]
+        t = fed.inputs[0]
+        src = self.graph.producer(t)
+        if src is not None and src.op == "lut" and src.name in self.skip:      # a table on a GEMM's drain
+            src = self.graph.producer(src.inputs[0])
+            if src is None or self.fused.get(src.name) is None:
+                return None
+        if (src is None or src.op != "linear" or src.name in self.skip or t in self.graph.outputs
+                or len(self.graph.consumers(t)) != 1 or src.output in self.transposed
+                or src.consts["bias"].ndim != 1 or self.regions[t].ebytes != 1 or self.spec(t).bits > 8
+                or self.regions[src.inputs[0]].ebytes != 1):
+            return None
+        rows, k = self.rows_cols(self.spec(src.inputs[0]))
+        n1 = src.consts["weight"].shape[1]
+        nt = _ceil(n1, g.cols)
+        pitch = store_row_words(g, Target.O, nt)
+        mt = _ceil(rows, g.rows)
+        if (pitch != _ceil(n1, g.bus_bytes) or mt * pitch > g.a_depth // 2 or 2 * _ceil(k, g.bus_bytes) > g.a_depth // 2
+                or nt * _ceil(k, g.bus_bytes) > g.b_depth // 2 or nt > g.p_depth // 2 or nt * g.rows > g.o_depth // 2):
+            return None
+        if any(r0 % g.rows for r0, _ in self.res_chunks(res)):
+            return None
+        return src
+
+    def linear_to_a(self, node: Node, res: Node) -> None:
+        """``node`` (a linear, its table applied on the drain) row tile by row tile, each tile's
+        outputs STOREd into one half of A where the linear fed into ``res`` finds them
+        (recorded as held there under the keys of that linear's chunk LOADs)."""
+        g = self.g
+        x = node.inputs[0]
+        xs = self.spec(x)
+        w, c = node.consts["weight"], node.consts
+        k, n1 = w.shape
+        rows = self.rows_cols(xs)[0]
+        mode, a_unsigned = self.linear_mode(node)
+        fused = self.fused.get(node.name)
+        y = fused.output if fused is not None else node.output
+        ys = self.spec(node.output)
+        self.gemms[node.name] = GemmInfo(node.name, node.op, rows * k * n1, mode.name.lower(), False)
+        lut_bits = 0
+        if fused is not None:
+            table = fused.consts["table"]
+            addr = self.const(pack_records(LUT_RECORD, len(table), value=table), fused.name + ".table", "constants")
+            self.load_const(Target.LUT_TABLE, addr, len(table))
+            lut_bits = ys.bits
+        lines, nt = _ceil(k, g.bus_bytes), _ceil(n1, g.cols)
+        pitch = store_row_words(g, Target.O, nt)
+        wm = self.weight_rows(w.T, node.name + ".weight")
+        p_addr = self.const(self.param_lines(n1, c["bias"], c["m"], c["s"], ys.zero_point),
+                            node.name + ".params", "params")
+        p_sp = self.load_half(Target.P, p_addr, nt, 1, g.cols * RECORD_BYTES, True)
+        b_sp = self.load_half(Target.B, wm.addr, n1, lines, wm.stride, True)
+        xm = self.act(x)
+        # inputs: a row tile at a time, two tiles' lines taken in turn in one half of A (each
+        # tile starts as soon as its rows are in); outputs: the other half
+        src = self.halves.base(Target.A)
+        self.halves.flip(Target.A)
+        dst = self.halves.base(Target.A)
+        self.halves.flip(Target.A)
+        yr = self.regions[y]
+        fed_lines = _ceil(n1, g.bus_bytes)
+        for r0 in range(0, rows, g.rows):
+            n = min(g.rows, rows - r0)
+            row = xm.addr + r0 * xm.stride
+            self.flush_stores_into(row, n, xm.stride, lines * g.bus_bytes)
+            a_sp = self.load(Target.A, row, n, lines, src + (r0 // g.rows % 2) * lines, xm.stride)
+            o_sp = self.halves.base(Target.O)
+            self.halves.flip(Target.O)
+            self.asm.gemm(n, n1, k, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp,
+                          out_bits=ys.bits, mode=mode, a_unsigned=a_unsigned, lut_bits=lut_bits,
+                          a_row_lines=lines, b_row_lines=lines)
+            self.flush_stores()
+            lo = dst + (r0 // g.rows) * pitch
+            self.pending = [(node.name, dict(target=Target.O, rows=n, row_lines=nt, spad_addr=o_sp, row_elems=n1,
+                                             to_a=lo))]
+        self.flush_stores()
+        # held as the fed linear's chunk LOADs would have placed them
+        for r0, n in self.res_chunks(res):
+            lo = dst + (r0 // g.rows) * pitch
+            self.res.record(Target.A, (yr.row(r0), yr.stride, n, fed_lines, 1), lo, lo + _ceil(n, g.rows) * pitch)
+
     def residual_linear_rows(self, lin: Node, regions: int) -> int:
         """Rows per chunk when ``lin``'s output goes through O and MOVE straight into the
         V chunks of the one vector operation that uses it (``regions`` V regions per chunk;
@@ -749,6 +856,8 @@ class _Scheduler:
 
         def emit(r0: int, n: int, v: int) -> None:
             first = len(self.asm.program.instructions)
+            if x in self.on_chip and self.res.lookup(Target.A, (xm.addr + r0 * xm.stride, xm.stride, n, lines, 1)) is None:
+                raise AssertionError(f"{lin.name}: input rows {r0}..{r0 + n} of {x} are no longer in A")
             a_sp = self.load_half(Target.A, xm.addr + r0 * xm.stride, n, lines, xm.stride, True)
             self.gemm_to_v(n, ncols, k, a_sp, b_sp, p_base, v, lpr, out_bits=ys.bits, mode=mode,
                            a_unsigned=a_unsigned)
@@ -961,6 +1070,13 @@ class _Scheduler:
                     self.res_linear[node.name] = (lin, which, per)
                     self.skip.add(lin.name)
                     break
+        for node in order:
+            if node.op == "residual_add" and node.name in self.res_linear:
+                prod = self.linear_into_a(node)
+                if prod is not None:
+                    self.into_a[prod.name] = node
+                    lin = self.res_linear[node.name][0]
+                    self.on_chip.add(lin.inputs[0])
         for node in order:
             if node.op != "matmul_qk" or node.output in self.graph.outputs:
                 continue
