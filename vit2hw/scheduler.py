@@ -736,9 +736,9 @@ class _Scheduler:
     def linear_into_a(self, res: Node) -> Node | None:
         """The linear whose output (through its fused table) the linear fed into ``res`` reads,
         when that output can go from O into A by STOREs into A and stay there until read: its
-        only use; int8; all its rows' outputs in half of A and all its inputs in the other
-        half; its weights in half of B, a row tile's outputs in half of O; the fed linear's
-        chunks whole row tiles. None otherwise."""
+        only use; int8; all its rows' outputs in half of A and two row tiles of its inputs in
+        the other half; its weights in half of B, a row tile's outputs in half of O; the fed
+        linear's chunks (:meth:`res_chunks`) starting at row tiles. None otherwise."""
         g = self.g
         fed = self.res_linear[res.name][0]
         t = fed.inputs[0]
