@@ -726,12 +726,16 @@ class _Scheduler:
                                        rows=rows, row_lines=ntv, spad_addr=o_sp, row_elems=d,
                                        ext_stride=out.stride, ebytes=eb))]
 
+    def res_loop_shape(self, node: Node) -> tuple[int, int]:
+        """V regions per chunk and the row cap of :meth:`do_residual_add`'s loop over ``node``."""
+        feed = self.res_linear.get(node.name)
+        return (3 if node.name not in self.ln_fused else 4), (feed[2] if feed else 0)
+
     def res_chunks(self, node: Node) -> list[tuple[int, int]]:
         """The row chunks :meth:`do_residual_add` runs ``node`` in."""
         rows, ch = self.rows_cols(self.spec(node.output))
-        feed = self.res_linear.get(node.name)
-        regions = 3 if node.name not in self.ln_fused else 4
-        return self.chunks(node, rows, ch // self.g.lanes, regions, feed[2] if feed else 0)[0]
+        regions, cap = self.res_loop_shape(node)
+        return self.chunks(node, rows, ch // self.g.lanes, regions, cap)[0]
 
     def linear_into_a(self, res: Node) -> Node | None:
         """The linear whose output (through its fused table) the linear fed into ``res`` reads,
@@ -1172,7 +1176,8 @@ class _Scheduler:
                 self.attribute(first, ln.name)
                 stores.append((lr, r0, n, lpr, v + 3 * n * lpr, ln.name))
             return stores
-        self.vector_loop(node, rows, lpr, 3 if ln is None else 4, body, cap=feed[2] if feed else 0)
+        regions, cap = self.res_loop_shape(node)
+        self.vector_loop(node, rows, lpr, regions, body, cap=cap)
 
     def do_prepend_row(self, node: Node) -> None:
         x, y = node.inputs[0], node.output
