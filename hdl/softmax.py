@@ -20,12 +20,14 @@ element ``j`` in lane ``j % lanes`` of beat ``j // lanes``):
    ``p = min(round_shift(e·R, PROB_RECIP_SHIFT), PROB_MAX)``; streamed out through a
    2-register pipeline that stalls as a whole on output back-pressure.
 
-Rows are pipelined over two row buffers: the *front* (passes 1 and 2) and the *back*
-(3 and 4) run at the same time on different buffers. When the front has the last
-exponential of a row and the back has drained the previous row's codes, the row (its
-buffer and sum) moves to the back and the front starts loading the next row into the other
-buffer, so a row costs about two passes instead of three and the divider hides behind
-the front.
+Rows are pipelined over three row buffers in three stages that run at the same time,
+each on its own row and buffer: the *load* stage (pass 1), the *exp* stage (pass 2) and
+the *code* stage (3 and 4). A row moves on, with its buffer (and maximum, or sum), when its
+stage is done with it and the next stage is free: the load stage hands a loaded row to the
+exp stage once that has written the previous row's last exponential and handed it to the
+code stage, which takes it once the row before has drained. So a row costs about one pass
+instead of three in log2 mode (the exp pass and its drain pace the rows), and in uniform
+mode the divider and the code pass pace them.
 
 Both modes emit :data:`SM_OUT_BITS`-bit signed lanes (log2 codes zero-extended). A row
 whose length is not a multiple of ``lanes`` ends with a partial beat: the padding lanes
@@ -77,6 +79,8 @@ SM_RECIP_STEPS = 2
 SM_RECIP_CYCLES = -(-SM_RECIP_BITS // SM_RECIP_STEPS)
 #: cycles from the ``start`` strobe to the first cycle ``i.ready`` can be high
 SM_START_CYCLES = 1
+#: row buffers: one for each of the load, exp and code stages
+_SM_BUFFERS = 3
 
 # The divider starts from the partial remainder D >> SM_RECIP_BITS of the dividend
 # D = PROB_MAX << PROB_RECIP_SHIFT and brings down zeros: valid while D's low
@@ -90,12 +94,14 @@ def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SM_MODE_LO
     """Cycles from the first accepted input beat to the last output beat (both counted).
 
     Assumes the input is always valid and the output always ready. With
-    ``B = ceil(n / lanes)`` beats per row, the front takes ``F = 2B + SM_EXP_PIPELINE_DEPTH``
-    cycles per row (``B`` in, ``B`` exp reads, the exp pipeline's drain) and hands the row
-    to the back, which needs ``K = R + B + SM_CODE_PIPELINE_DEPTH`` cycles to its last output
+    ``B = ceil(n / lanes)`` beats per row, the first row reaches the code stage after
+    ``F = 2B + SM_EXP_PIPELINE_DEPTH`` cycles (``B`` in, ``B`` exp reads, the exp pipeline's
+    drain), which needs ``K = R + B + SM_CODE_PIPELINE_DEPTH`` cycles to its last output
     (``R`` = :data:`SM_RECIP_CYCLES` in uniform mode, else 0) and takes the next row one
-    cycle after that. Rows follow each other every ``max(F, K + 1)`` cycles:
-    ``F + (rows − 1)·max(F, K + 1) + K``.
+    cycle after that. The exp stage takes a row every ``B + SM_EXP_PIPELINE_DEPTH`` cycles
+    (the next row is loaded meanwhile, ``B`` cycles), so rows follow each other every
+    ``max(B + SM_EXP_PIPELINE_DEPTH, K + 1)`` cycles:
+    ``F + (rows − 1)·max(B + SM_EXP_PIPELINE_DEPTH, K + 1) + K``.
     """
     if mode not in (SM_MODE_LOG2, SM_MODE_UNIFORM):
         raise ValueError(f"unknown softmax mode {mode}")
@@ -106,7 +112,7 @@ def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SM_MODE_LO
     beats = -(-int(n) // int(lanes))
     front = 2 * beats + SM_EXP_PIPELINE_DEPTH
     back = (SM_RECIP_CYCLES if mode == SM_MODE_UNIFORM else 0) + beats + SM_CODE_PIPELINE_DEPTH
-    return front + (rows - 1) * max(front, back + 1) + back
+    return front + (rows - 1) * max(beats + SM_EXP_PIPELINE_DEPTH, back + 1) + back
 
 
 class SoftmaxUnit(wiring.Component):
@@ -178,37 +184,46 @@ class SoftmaxUnit(wiring.Component):
         totw = ew + ceil_log2(self.max_len + 1)
 
         length = Signal.like(self.cfg.length)
-        rows_left = Signal(self.rows_width)                     # rows the front has still to take
+        rows_left = Signal(self.rows_width)                     # rows the load stage has still to take
         uniform = Signal()                                      # cfg.mode == SM_MODE_UNIFORM
         beats = Signal(range(groups + 1))
 
-        # two row buffers: the front (max and exp passes) fills one while the back (reciprocal
-        # and code pass) reads the other; each has one reader at a time
-        f_buf, b_buf = Signal(), Signal()
-        g_in = Signal(range(groups + 1))                        # front: next beat to load
-        g_rd = Signal(range(groups + 1))                        # front: next exp read
-        g_cd = Signal(range(groups + 1))                        # back: next code read
+        # three row buffers, one per stage: the load stage (max pass) fills one while the exp
+        # stage rewrites another with exponentials and the code stage (reciprocal and code
+        # pass) reads the third; a row's buffer travels with it, so each has one reader and
+        # one writer at a time
+        l_buf, x_buf, b_buf = (Signal(range(_SM_BUFFERS), name=n) for n in ("l_buf", "x_buf", "b_buf"))
+        g_in = Signal(range(groups + 1))                        # load: next beat to load
+        g_rd = Signal(range(groups + 1))                        # exp: next exp read
+        g_cd = Signal(range(groups + 1))                        # code: next code read
+        x_reading = Signal()                                    # the exp stage holds a row (x_buf is current)
         wps, rds = [], []
-        for n in range(2):
+        for n in range(_SM_BUFFERS):
             buf = memory.Memory(shape=data.ArrayLayout(unsigned(bw), L), depth=groups, init=[])
             m.submodules[f"rowbuf{n}"] = buf
             wp = buf.write_port()
             rp = buf.read_port(domain="comb")
-            m.d.comb += rp.addr.eq(Mux(f_buf == n, g_rd, g_cd))
+            m.d.comb += rp.addr.eq(Mux(x_reading & (x_buf == n), g_rd, g_cd))
             wps.append(wp)
             rds.append(rp.data)
-        front_rd = Mux(f_buf, rds[1].as_value(), rds[0].as_value())
-        back_rd = Mux(b_buf, rds[1].as_value(), rds[0].as_value())
+
+        def pick(sel):
+            out = rds[0].as_value()
+            for n in range(1, _SM_BUFFERS):
+                out = Mux(sel == n, rds[n].as_value(), out)
+            return out
+
         lane_view = data.ArrayLayout(unsigned(bw), L)
-        front_rd = data.View(lane_view, front_rd)
-        back_rd = data.View(lane_view, back_rd)
+        front_rd = data.View(lane_view, pick(x_buf))
+        back_rd = data.View(lane_view, pick(b_buf))
 
         def lane_mask(group: Signal) -> list:
             base = Cat(Const(0, lane_bits), group) if lane_bits else group
             return [(base + lane) < length for lane in range(L)]
 
-        # ---- front, max pass
+        # ---- load stage, max pass
         row_max = Signal(signed(sb))
+        x_max = Signal(signed(sb))                              # the exp stage's row maximum
         in_fire = Signal()
         m.d.comb += in_fire.eq(self.i.valid & self.i.ready)
         # running maximum through one named signal per lane: an expression chain would
@@ -220,7 +235,7 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += step_max.eq(Mux(ok & (t > beat_max), t, beat_max))
             beat_max = step_max
 
-        # ---- front, exp pass: 4 registers, no back-pressure (it writes the buffer)
+        # ---- exp stage: 4 registers, no back-pressure (it writes the buffer)
         x_issue = Signal()
         xv = [Signal(name=f"xv{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
         xaddr = [Signal(range(groups), name=f"xaddr{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
@@ -240,7 +255,7 @@ class SoftmaxUnit(wiring.Component):
             e3 = Signal(ew, name=f"e3_{lane}")
             t_rd = front_rd[lane][:sb].as_signed()
             m.d.sync += [
-                u0.eq((row_max - t_rd)[:uw]),
+                u0.eq((x_max - t_rd)[:uw]),
                 t1.eq(round_shift_expr(EXP2_C2 * u0[:fr], fr) + EXP2_C1),
                 r1.eq(u0[:fr]), q1.eq(u0[fr:]),
                 p2.eq(round_shift_expr(t1 * r1, fr) + (1 << EXP_FRAC)),
@@ -252,7 +267,7 @@ class SoftmaxUnit(wiring.Component):
         with m.If(xv[last]):
             m.d.sync += total.eq(total + sum(e_out))
 
-        # ---- back, code pass: stall-all pipeline
+        # ---- code stage, code pass: stall-all pipeline
         advance = Signal()
         c_issue = Signal()
         cv = [Signal(name=f"cv{k}") for k in range(SM_CODE_PIPELINE_DEPTH)]
@@ -289,27 +304,47 @@ class SoftmaxUnit(wiring.Component):
         with m.If(advance):
             m.d.sync += cmask.eq(Cat(*lane_mask(g_cd)))
 
-        # ---- the front's buffer write port: scores in the max pass, exponentials in the exp pass
+        # ---- write ports: scores from the load stage, exponentials from the exp stage (never
+        # the same buffer: a row's buffer moves with the row)
         scores_in = Cat(*[Cat(self.i.payload[lane], Const(0, bw - sb)) for lane in range(L)])
         exps = Cat(*[Cat(e, Const(0, bw - ew)) for e in e_out])
         for n, wp in enumerate(wps):
+            x_wr = xv[last] & (x_buf == n)
             m.d.comb += [
-                wp.en.eq((in_fire | xv[last]) & (f_buf == n)),
-                wp.addr.eq(Mux(xv[last], xaddr[last], g_in)),
-                wp.data.eq(Mux(xv[last], exps, scores_in)),
+                wp.en.eq(x_wr | (in_fire & (l_buf == n))),
+                wp.addr.eq(Mux(x_wr, xaddr[last], g_in)),
+                wp.data.eq(Mux(x_wr, exps, scores_in)),
             ]
 
-        # ---- control: the front and the back run concurrently; a row moves from the front
-        # to the back when its last exponential is being written and the back is empty
+        # ---- control: three stages run concurrently, each on its own row; a row moves on
+        # when its stage is done with it and the next stage is free (or freeing up this cycle)
         back_idle = Signal()
-        handoff = Signal()
+        x_hand = Signal()                         # exp → code: the row's last exponential is written
+        x_free = Signal()                         # the exp stage can take a row this cycle
+        l_hand = Signal()                         # load → exp
+        l_hand_max = Signal(signed(sb))
+        min_score = -(1 << (sb - 1))
+
+        def next_buf(b):
+            return Mux(b == _SM_BUFFERS - 1, 0, b + 1)
 
         def load_cfg():
             return [length.eq(self.cfg.length), rows_left.eq(self.cfg.rows),
                     beats.eq((self.cfg.length + (L - 1)) >> lane_bits), g_in.eq(0),
-                    row_max.eq(-(1 << (sb - 1))), uniform.eq(self.cfg.mode == SM_MODE_UNIFORM)]
+                    row_max.eq(min_score), uniform.eq(self.cfg.mode == SM_MODE_UNIFORM)]
 
-        with m.FSM(name="front") as front:
+        def hand_to_exp(fsm_next):
+            m.d.comb += l_hand.eq(1)
+            m.d.sync += [l_buf.eq(next_buf(l_buf)), rows_left.eq(rows_left - 1), g_in.eq(0),
+                         row_max.eq(min_score)]
+            with m.If(rows_left == 1):
+                fsm_next("IDLE")
+            with m.Else():
+                fsm_next("LOAD")
+
+        with m.FSM(name="load") as load:
+            def goto(state):
+                m.next = state
             with m.State("IDLE"):
                 with m.If(self.start & ~self.busy):
                     m.d.sync += load_cfg()
@@ -319,29 +354,42 @@ class SoftmaxUnit(wiring.Component):
                 with m.If(in_fire):
                     m.d.sync += [g_in.eq(g_in + 1), row_max.eq(beat_max)]
                     with m.If(g_in + 1 == beats):
-                        m.d.sync += [total.eq(0), g_rd.eq(0)]
-                        m.next = "EXP"
+                        m.d.comb += l_hand_max.eq(beat_max)
+                        with m.If(x_free):
+                            hand_to_exp(goto)
+                        with m.Else():
+                            m.next = "FULL"
+            with m.State("FULL"):
+                m.d.comb += l_hand_max.eq(row_max)
+                with m.If(x_free):
+                    hand_to_exp(goto)
+
+        with m.FSM(name="exp") as exp:
+            def take_row():
+                m.d.sync += [x_buf.eq(l_buf), x_max.eq(l_hand_max), total.eq(0), g_rd.eq(0)]
+                m.next = "EXP"
+            with m.State("IDLE"):
+                with m.If(l_hand):
+                    take_row()
             with m.State("EXP"):
                 m.d.sync += g_rd.eq(g_rd + 1)
                 with m.If(g_rd + 1 == beats):
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 # the last exponential is written at the end of the handoff cycle, so the
-                # back reads the buffer from the next cycle on
+                # code stage reads the buffer from the next cycle on
                 with m.If(~Cat(*xv[:-1]).any() & back_idle):
-                    m.d.comb += handoff.eq(1)
-                    m.d.sync += [f_buf.eq(~f_buf), rows_left.eq(rows_left - 1), g_in.eq(0),
-                                 row_max.eq(-(1 << (sb - 1)))]
-                    with m.If(rows_left == 1):
-                        m.next = "IDLE"
+                    m.d.comb += x_hand.eq(1)
+                    with m.If(l_hand):
+                        take_row()
                     with m.Else():
-                        m.next = "LOAD"
+                        m.next = "IDLE"
 
         with m.FSM(name="back") as back:
             with m.State("IDLE"):
-                with m.If(handoff):
+                with m.If(x_hand):
                     m.d.sync += [
-                        b_buf.eq(f_buf), g_cd.eq(0), code_total.eq(total + Mux(xv[last], sum(e_out), 0)),
+                        b_buf.eq(x_buf), g_cd.eq(0), code_total.eq(total + Mux(xv[last], sum(e_out), 0)),
                         drem.eq(PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_BITS)), dstep.eq(0),
                     ]
                     with m.If(uniform):
@@ -363,9 +411,11 @@ class SoftmaxUnit(wiring.Component):
 
         m.d.comb += [
             back_idle.eq(back.ongoing("IDLE") & code_empty),
-            self.i.ready.eq(front.ongoing("LOAD")),
-            x_issue.eq(front.ongoing("EXP")),
+            x_free.eq(exp.ongoing("IDLE") | x_hand),
+            x_reading.eq(~exp.ongoing("IDLE")),
+            self.i.ready.eq(load.ongoing("LOAD")),
+            x_issue.eq(exp.ongoing("EXP")),
             c_issue.eq(back.ongoing("CODE") & advance),
-            self.busy.eq(~front.ongoing("IDLE") | ~back_idle),
+            self.busy.eq(~load.ongoing("IDLE") | ~exp.ongoing("IDLE") | ~back_idle),
         ]
         return m
