@@ -20,14 +20,15 @@ element ``j`` in lane ``j % lanes`` of beat ``j // lanes``):
    ``p = min(round_shift(e·R, PROB_RECIP_SHIFT), PROB_MAX)``; streamed out through a
    2-register pipeline that stalls as a whole on output back-pressure.
 
-Rows are pipelined over three row buffers in three stages that run at the same time,
-each on its own row and buffer: the *load* stage (pass 1), the *exp* stage (pass 2) and
-the *code* stage (3 and 4). A row moves on, with its buffer (and maximum, or sum), when its
-stage is done with it and the next stage is free: the load stage hands a loaded row to the
-exp stage once that has written the previous row's last exponential and handed it to the
-code stage, which takes it once the row before has drained. So a row costs about one pass
-instead of three in log2 mode (the exp pass and its drain pace the rows), and in uniform
-mode the divider and the code pass pace them.
+Rows are pipelined over four row buffers in four stages that run at the same time, each
+on its own row and buffer: the *load* stage (pass 1), the *exp* stage (pass 2), the
+*divider* stage (3; in log2 mode it passes the row on) and the *code* stage (4). A row
+moves on, with its buffer (and maximum, sum or reciprocal), when its stage is done with it
+and the next stage is free: the load stage hands a loaded row to the exp stage once that
+has written the previous row's last exponential and passed it on, and so on down to the
+code stage, which takes a row once the row before has drained. So a row costs about one
+pass instead of three in both modes: the exp pass and its drain pace the rows, and the
+divider hides behind them.
 
 Both modes emit :data:`SM_OUT_BITS`-bit signed lanes (log2 codes zero-extended). A row
 whose length is not a multiple of ``lanes`` ends with a partial beat: the padding lanes
@@ -79,8 +80,8 @@ SM_RECIP_STEPS = 2
 SM_RECIP_CYCLES = -(-SM_RECIP_BITS // SM_RECIP_STEPS)
 #: cycles from the ``start`` strobe to the first cycle ``i.ready`` can be high
 SM_START_CYCLES = 1
-#: row buffers: one for each of the load, exp and code stages
-_SM_BUFFERS = 3
+#: row buffers: one for each of the load, exp, divider and code stages
+_SM_BUFFERS = 4
 
 # The divider starts from the partial remainder D >> SM_RECIP_BITS of the dividend
 # D = PROB_MAX << PROB_RECIP_SHIFT and brings down zeros: valid while D's low
@@ -94,14 +95,15 @@ def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SM_MODE_LO
     """Cycles from the first accepted input beat to the last output beat (both counted).
 
     Assumes the input is always valid and the output always ready. With
-    ``B = ceil(n / lanes)`` beats per row, the first row reaches the code stage after
+    ``B = ceil(n / lanes)`` beats per row and ``R`` = :data:`SM_RECIP_CYCLES` in uniform mode
+    (else 0), the first row reaches the divider stage after
     ``F = 2B + SM_EXP_PIPELINE_DEPTH`` cycles (``B`` in, ``B`` exp reads, the exp pipeline's
-    drain), which needs ``K = R + B + SM_CODE_PIPELINE_DEPTH`` cycles to its last output
-    (``R`` = :data:`SM_RECIP_CYCLES` in uniform mode, else 0) and takes the next row one
-    cycle after that. The exp stage takes a row every ``B + SM_EXP_PIPELINE_DEPTH`` cycles
-    (the next row is loaded meanwhile, ``B`` cycles), so rows follow each other every
-    ``max(B + SM_EXP_PIPELINE_DEPTH, K + 1)`` cycles:
-    ``F + (rows − 1)·max(B + SM_EXP_PIPELINE_DEPTH, K + 1) + K``.
+    drain), leaves it ``R + 1`` cycles later, and the code stage needs
+    ``B + SM_CODE_PIPELINE_DEPTH`` more cycles to its last output: ``F + 1 + K`` with
+    ``K = R + B + SM_CODE_PIPELINE_DEPTH``. After that a row leaves every
+    ``max(B + SM_EXP_PIPELINE_DEPTH, R + 1, B + SM_CODE_PIPELINE_DEPTH + 1)`` cycles, the
+    slowest of the exp stage (the next row is loaded meanwhile, ``B`` cycles), the divider
+    and the code stage (which takes the next row once the last code has left).
     """
     if mode not in (SM_MODE_LOG2, SM_MODE_UNIFORM):
         raise ValueError(f"unknown softmax mode {mode}")
@@ -111,8 +113,9 @@ def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SM_MODE_LO
         return 0
     beats = -(-int(n) // int(lanes))
     front = 2 * beats + SM_EXP_PIPELINE_DEPTH
-    back = (SM_RECIP_CYCLES if mode == SM_MODE_UNIFORM else 0) + beats + SM_CODE_PIPELINE_DEPTH
-    return front + (rows - 1) * max(beats + SM_EXP_PIPELINE_DEPTH, back + 1) + back
+    recip = SM_RECIP_CYCLES if mode == SM_MODE_UNIFORM else 0
+    period = max(beats + SM_EXP_PIPELINE_DEPTH, recip + 1, beats + SM_CODE_PIPELINE_DEPTH + 1)
+    return front + 1 + recip + beats + SM_CODE_PIPELINE_DEPTH + (rows - 1) * period
 
 
 class SoftmaxUnit(wiring.Component):
@@ -192,7 +195,8 @@ class SoftmaxUnit(wiring.Component):
         # stage rewrites another with exponentials and the code stage (reciprocal and code
         # pass) reads the third; a row's buffer travels with it, so each has one reader and
         # one writer at a time
-        l_buf, x_buf, b_buf = (Signal(range(_SM_BUFFERS), name=n) for n in ("l_buf", "x_buf", "b_buf"))
+        l_buf, x_buf, d_buf, b_buf = (Signal(range(_SM_BUFFERS), name=n)
+                                      for n in ("l_buf", "x_buf", "d_buf", "b_buf"))
         g_in = Signal(range(groups + 1))                        # load: next beat to load
         g_rd = Signal(range(groups + 1))                        # exp: next exp read
         g_cd = Signal(range(groups + 1))                        # code: next code read
@@ -285,6 +289,10 @@ class SoftmaxUnit(wiring.Component):
         code_total = Signal(totw)
         twice_total = Cat(Const(0, 1), code_total)
         recip = Signal(SM_RECIP_BITS)
+        # the divider stage's row: its sum, and the reciprocal it computes while the code
+        # stage still uses the previous row's
+        d_total = Signal(totw)
+        d_quot = Signal(SM_RECIP_BITS)
         drem = Signal(totw)                       # divider partial remainder, < total
         dstep = Signal(range(SM_RECIP_CYCLES))
         for lane in range(L):
@@ -319,7 +327,9 @@ class SoftmaxUnit(wiring.Component):
         # ---- control: three stages run concurrently, each on its own row; a row moves on
         # when its stage is done with it and the next stage is free (or freeing up this cycle)
         back_idle = Signal()
-        x_hand = Signal()                         # exp → code: the row's last exponential is written
+        x_hand = Signal()                         # exp → divider: the row's last exponential is written
+        d_hand = Signal()                         # divider → code
+        d_free = Signal()                         # the divider stage can take a row this cycle
         x_free = Signal()                         # the exp stage can take a row this cycle
         l_hand = Signal()                         # load → exp
         l_hand_max = Signal(signed(sb))
@@ -378,30 +388,45 @@ class SoftmaxUnit(wiring.Component):
             with m.State("DRAIN"):
                 # the last exponential is written at the end of the handoff cycle, so the
                 # code stage reads the buffer from the next cycle on
-                with m.If(~Cat(*xv[:-1]).any() & back_idle):
+                with m.If(~Cat(*xv[:-1]).any() & d_free):
                     m.d.comb += x_hand.eq(1)
                     with m.If(l_hand):
                         take_row()
                     with m.Else():
                         m.next = "IDLE"
 
-        with m.FSM(name="back") as back:
+        with m.FSM(name="div") as div:
+            def take_sum():
+                m.d.sync += [
+                    d_buf.eq(x_buf), d_total.eq(total + Mux(xv[last], sum(e_out), 0)),
+                    drem.eq(PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_BITS)), dstep.eq(0),
+                ]
+                with m.If(uniform):
+                    m.next = "RECIP"
+                with m.Else():
+                    m.next = "DONE"
             with m.State("IDLE"):
                 with m.If(x_hand):
-                    m.d.sync += [
-                        b_buf.eq(x_buf), g_cd.eq(0), code_total.eq(total + Mux(xv[last], sum(e_out), 0)),
-                        drem.eq(PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_BITS)), dstep.eq(0),
-                    ]
-                    with m.If(uniform):
-                        m.next = "RECIP"
-                    with m.Else():
-                        m.next = "CODE"
+                    take_sum()
             with m.State("RECIP"):
                 # restoring division of PROB_MAX << PROB_RECIP_SHIFT by the row sum; the
                 # dividend bits brought down are all zero
-                m.d.sync += restoring_div_steps(drem, recip, code_total, SM_RECIP_STEPS)
+                m.d.sync += restoring_div_steps(drem, d_quot, d_total, SM_RECIP_STEPS)
                 m.d.sync += dstep.eq(dstep + 1)
                 with m.If(dstep == SM_RECIP_CYCLES - 1):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                with m.If(back_idle):
+                    m.d.comb += d_hand.eq(1)
+                    with m.If(x_hand):
+                        take_sum()
+                    with m.Else():
+                        m.next = "IDLE"
+
+        with m.FSM(name="back") as back:
+            with m.State("IDLE"):
+                with m.If(d_hand):
+                    m.d.sync += [b_buf.eq(d_buf), g_cd.eq(0), code_total.eq(d_total), recip.eq(d_quot)]
                     m.next = "CODE"
             with m.State("CODE"):
                 with m.If(c_issue):
@@ -412,10 +437,11 @@ class SoftmaxUnit(wiring.Component):
         m.d.comb += [
             back_idle.eq(back.ongoing("IDLE") & code_empty),
             x_free.eq(exp.ongoing("IDLE") | x_hand),
+            d_free.eq(div.ongoing("IDLE") | d_hand),
             x_reading.eq(~exp.ongoing("IDLE")),
             self.i.ready.eq(load.ongoing("LOAD")),
             x_issue.eq(exp.ongoing("EXP")),
             c_issue.eq(back.ongoing("CODE") & advance),
-            self.busy.eq(~load.ongoing("IDLE") | ~exp.ongoing("IDLE") | ~back_idle),
+            self.busy.eq(~load.ongoing("IDLE") | ~exp.ongoing("IDLE") | ~div.ongoing("IDLE") | ~back_idle),
         ]
         return m

@@ -76,8 +76,8 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
 
 
 def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SoftmaxMode.LOG2) -> int:
-    """Softmax unit cycles: rows pipelined over three row buffers, the max pass, the exp
-    pass and the back (the uniform mode's divider and the code pass) each on its own row."""
+    """Softmax unit cycles: rows pipelined over four row buffers, the max pass, the exp
+    pass, the uniform mode's divider and the code pass each on its own row."""
     if int(mode) not in (SoftmaxMode.LOG2, SoftmaxMode.UNIFORM):
         raise ValueError(f"unknown softmax mode {mode}")
     if n < 1:
@@ -86,8 +86,9 @@ def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SoftmaxMod
         return 0
     beats = -(-n // lanes)
     front = 2 * beats + _SM_EXP_PIPELINE_DEPTH
-    back = (_SM_RECIP_CYCLES if int(mode) == SoftmaxMode.UNIFORM else 0) + beats + _SM_CODE_PIPELINE_DEPTH
-    return front + (rows - 1) * max(beats + _SM_EXP_PIPELINE_DEPTH, back + 1) + back
+    recip = _SM_RECIP_CYCLES if int(mode) == SoftmaxMode.UNIFORM else 0
+    period = max(beats + _SM_EXP_PIPELINE_DEPTH, recip + 1, beats + _SM_CODE_PIPELINE_DEPTH + 1)
+    return front + 1 + recip + beats + _SM_CODE_PIPELINE_DEPTH + (rows - 1) * period
 
 
 def vector_cycles(n_elems: int, lanes: int = 1) -> int:
