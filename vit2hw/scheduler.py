@@ -650,16 +650,34 @@ class _Scheduler:
         lineb = g.cols * RECORD_BYTES
         # the probabilities go from V into A on chip (STORE into A) when P·V is the only use
         on_chip = pv is not None and yr.ebytes == 1
+        # with the probabilities in A, the q rows and the probabilities each take turns
+        # between two quarters of A, so a chunk's STORE into A never waits for the P·V still
+        # reading the previous chunk's probabilities (as it would in the other half)
+        quarter = g.a_depth // 4
+        slots = (on_chip and _ceil(per, g.rows) * max(lines, store_row_words(g, Target.V, lpr)) <= quarter)
         self.flush_stores()
         half, turn, pending = v_half_lines(g), 0, None
         a_sp = None
+        p_turn = 0                                 # the quarter the next probabilities go to
+
+        def probs(chunk) -> int:
+            nonlocal p_turn
+            if not on_chip:
+                return self.vec_store(*chunk)
+            p_turn ^= 1
+            return self.probs_to_a(*chunk, a_sp=(3 - p_turn) * quarter if slots else None)
+
         for hd in range(h):
             for r0 in range(0, n, per):
                 rows = min(per, n - r0)
                 # (re)loaded only when the P·V of the previous chunk took their half
                 p_base = self.load_half(Target.P, p.addr, nt, 1, lineb, True)
                 b_sp = self.load_half(Target.B, kr.addr + hd * d, n, lines, kr.stride, True)
-                a_sp = self.load_half(Target.A, qr.addr + hd * d + r0 * qr.stride, rows, lines, qr.stride, True)
+                q_src = qr.addr + hd * d + r0 * qr.stride
+                if slots:
+                    a_sp = self.load(Target.A, q_src, rows, lines, turn * quarter, qr.stride)
+                else:
+                    a_sp = self.load_half(Target.A, q_src, rows, lines, qr.stride, True)
                 v = turn * half
                 turn ^= 1
                 o_sp = self.halves.base(Target.O)
@@ -670,7 +688,7 @@ class _Scheduler:
                 self.asm.softmax(o_sp, v, rows, length, SoftmaxMode(extra.get(SOFTMAX_MODE_FIELD, 0)),
                                  src_row_lines=nt)
                 if pending is not None:
-                    a_sp = self.probs_to_a(*pending[0]) if on_chip else self.vec_store(*pending[0])
+                    a_sp = probs(pending[0])
                 self.attribute(first, sm.name)
                 # the previous chunk's P·V, its probabilities just stored, while the vector
                 # engine normalizes this chunk
@@ -681,17 +699,19 @@ class _Scheduler:
                 pending = ((yr, hd * n + r0, rows, lpr, v),
                            (hd, r0, rows, o_sp + _ceil(rows, g.rows) * g.rows * nt))
         first = len(self.asm.program.instructions)
-        a_sp = self.probs_to_a(*pending[0]) if on_chip else self.vec_store(*pending[0])
+        a_sp = probs(pending[0])
         self.attribute(first, sm.name)
         if pv is not None:
             self.pv_chunk(av, pv, *pending[1], a_sp=a_sp)
 
-    def probs_to_a(self, r: Region, r0: int, rows: int, lpr: int, v: int) -> int:
-        """STORE into A of probability rows ``r0 ..`` from V line ``v``, into A's next half
-        (instead of a STORE to memory and a LOAD back); returns their first A line."""
+    def probs_to_a(self, r: Region, r0: int, rows: int, lpr: int, v: int, a_sp: int | None = None) -> int:
+        """STORE into A of probability rows ``r0 ..`` from V line ``v``, into A from line
+        ``a_sp`` (None: A's next half) instead of a STORE to memory and a LOAD back; returns
+        their first A line."""
         g = self.g
-        a_sp = self.halves.base(Target.A)
-        self.halves.flip(Target.A)
+        if a_sp is None:
+            a_sp = self.halves.base(Target.A)
+            self.halves.flip(Target.A)
         self.asm.store_to_a(Target.V, rows, lpr, v, row_elems=r.cols, a_addr=a_sp)
         w = store_row_words(g, Target.V, lpr)
         self.res.record(Target.A, ("on chip", r.addr, r0, rows), a_sp, a_sp + _ceil(rows, g.rows) * w)
