@@ -13,8 +13,12 @@ Per row of ``C`` input codes ``q`` (``lanes`` per beat, channel ``c`` in lane
    ``n = round_shift((C·x − S)·inv, max(e,1) + 4)`` and
    ``y = sat(round_shift(n·gm_c + bb_c, gs_c) + out_zp, out_bits)``.
 
-The row buffer is free as soon as the last beat of a row enters the output pipeline,
-so the next row's stats pass overlaps the pipeline drain. Timing is data independent
+Rows are pipelined over two row buffers: the *front* (passes 1 and 2) fills one while
+the *back* (pass 3) reads the other. The front hands a row over (its buffer, ``S``, the
+reciprocal and the shift) once its reciprocal is ready and the back has issued the
+previous row's last beat; those scalars travel down the output pipeline with the beats,
+so a row's output pass never waits for the previous row's to drain. A row therefore costs
+one pass plus the scalar phase, not two passes plus it. Timing is data independent
 (:func:`layernorm_cycles`).
 """
 
@@ -64,17 +68,18 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
                      in_bits: int = 8) -> int:
     """Cycles from the first accepted input beat to the last output beat (both counted).
 
-    Assumes the input is always valid and the output always ready. Per row:
-    ``C/lanes`` beats in, the scalar phase (``ceil(layernorm_sqrt_bits / 2)`` + 13 cycles),
-    ``C/lanes`` beats issued to the output pipeline; the last row adds the pipeline depth.
+    Assumes the input is always valid and the output always ready. Per row, the front
+    takes ``C/lanes`` beats in and the scalar phase (``ceil(layernorm_sqrt_bits / 2)`` + 13
+    cycles, including the hand-over); the back's ``C/lanes`` issue cycles overlap the next
+    row's front, so only the last row adds them, and the pipeline depth.
     """
     if channels % lanes or channels < 1:
         raise ValueError("channels must be a positive multiple of lanes")
     if rows < 1:
         return 0
     beats = channels // lanes
-    period = 2 * beats + -(-layernorm_sqrt_bits(max_channels, in_bits) // LN_STEPS) + _LN_ROW_OVERHEAD
-    return rows * period + LN_OUT_PIPELINE_DEPTH
+    front = beats + -(-layernorm_sqrt_bits(max_channels, in_bits) // LN_STEPS) + _LN_ROW_OVERHEAD
+    return rows * front + beats + LN_OUT_PIPELINE_DEPTH
 
 
 def layernorm_const_layout(gm_width: int = 16, bias_width: int = 32,
@@ -179,11 +184,17 @@ class LayerNormUnit(wiring.Component):
         out_zp = Signal.like(self.cfg.out_zp)
         beats = Signal(range(groups + 1))                       # C / lanes
 
-        # ---- memories: row buffer and per-lane constants
-        rowbuf = memory.Memory(shape=data.ArrayLayout(signed(self.in_bits), L), depth=groups, init=[])
-        m.submodules.rowbuf = rowbuf
-        buf_wp = rowbuf.write_port()
-        buf_rp = rowbuf.read_port(domain="comb")
+        # ---- memories: two row buffers (the front fills one while the back reads the other)
+        # and per-lane constants
+        f_buf, b_buf = Signal(), Signal()
+        buf_wps, buf_rds = [], []
+        for n in range(2):
+            rowbuf = memory.Memory(shape=data.ArrayLayout(signed(self.in_bits), L), depth=groups, init=[])
+            m.submodules[f"rowbuf{n}"] = rowbuf
+            buf_wps.append(rowbuf.write_port())
+            buf_rds.append(rowbuf.read_port(domain="comb"))
+        buf_rd = data.View(data.ArrayLayout(signed(self.in_bits), L),
+                           Mux(b_buf, buf_rds[1].data.as_value(), buf_rds[0].data.as_value()))
         k_in, k_out = [], []
         for lane in range(L):
             mem = memory.Memory(shape=self.const_layout, depth=groups, init=[])
@@ -202,10 +213,9 @@ class LayerNormUnit(wiring.Component):
         s1 = Signal(signed(sw))
         s2 = Signal(ssw)
         in_fire = Signal()
-        m.d.comb += [
-            in_fire.eq(self.i.valid & self.i.ready),
-            buf_wp.addr.eq(g_in), buf_wp.data.eq(self.i.payload), buf_wp.en.eq(in_fire),
-        ]
+        m.d.comb += in_fire.eq(self.i.valid & self.i.ready)
+        for n, wp in enumerate(buf_wps):
+            m.d.comb += [wp.addr.eq(g_in), wp.data.eq(self.i.payload), wp.en.eq(in_fire & (f_buf == n))]
         for lane in range(L):
             m.d.comb += k_in[lane].addr.eq(g_in)
         m.d.sync += xa_valid.eq(in_fire)
@@ -224,10 +234,15 @@ class LayerNormUnit(wiring.Component):
         rn = Signal(wr_bits)                     # r << (wr_bits − e): leading one at the top
         drem = Signal(wr_bits + 1)
         quo = Signal(LN_RECIP_BITS)
-        # values the output pipeline uses, latched when a row's output pass begins
+        # values the output pass uses, latched when a row's output pass begins; they travel
+        # down the output pipeline with the row's beats (s0; inv0, inv1; sh0..sh2), so the
+        # next row's output pass can begin while this row's last beats are still in it
         s_out = Signal(signed(sw))
         inv_out = Signal(LN_RECIP_BITS)
         sh_out = Signal(shw)
+        s0 = Signal(signed(sw))
+        inv0, inv1 = Signal(LN_RECIP_BITS), Signal(LN_RECIP_BITS)
+        sh0, sh1, sh2 = Signal(shw), Signal(shw), Signal(shw)
 
         # bit_length(root): index of the leading one plus one
         # bit_length(root) and its leading zeros, as a mux chain (no process: Icarus
@@ -251,13 +266,16 @@ class LayerNormUnit(wiring.Component):
             advance.eq(~valid[-1] | self.o.ready),
             self.o.valid.eq(valid[-1]),
             pipe_empty.eq(~Cat(*valid).any()),
-            buf_rp.addr.eq(g_out),
         ]
+        for rp in buf_rds:
+            m.d.comb += rp.addr.eq(g_out)
         for lane in range(L):
             m.d.comb += k_out[lane].addr.eq(g_out)
         with m.If(advance):
             m.d.sync += valid[0].eq(issue)
             m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, depth)]
+            m.d.sync += [s0.eq(s_out), inv0.eq(inv_out), inv1.eq(inv0), sh0.eq(sh_out), sh1.eq(sh0),
+                         sh2.eq(sh1)]
 
         for lane in range(L):
             kr = k_out[lane].data
@@ -276,10 +294,10 @@ class LayerNormUnit(wiring.Component):
             x0 = q0 << k0.alpha
             with m.If(advance):
                 m.d.sync += [
-                    q0.eq(buf_rp.data[lane]), k0.eq(kr),
-                    d1.eq(channels * x0 - s_out), k1.eq(k0),
-                    p2.eq(d1 * inv_out), k2.eq(k1),
-                    n3.eq(round_shift_expr(p2, sh_out)), k3.eq(k2),
+                    q0.eq(buf_rd[lane]), k0.eq(kr),
+                    d1.eq(channels * x0 - s0), k1.eq(k0),
+                    p2.eq(d1 * inv1), k2.eq(k1),
+                    n3.eq(round_shift_expr(p2, sh2)), k3.eq(k2),
                     t4.eq(n3 * k3.gm), k4.eq(k3),
                     u5.eq(t4 + k4.bb + ((Const(1, 1) << k4.gs) >> 1)), gs5.eq(k4.gs),
                     self.o.payload[lane].eq(saturate_expr((u5 >> gs5) + out_zp, out_bits,
@@ -298,6 +316,11 @@ class LayerNormUnit(wiring.Component):
                 beats.eq(self.cfg.channels >> lane_bits), *begin_row(),
             ]
 
+        # the front (stats pass and scalar phase) and the back (output pass) work on different
+        # rows: the front hands a row over when its reciprocal is ready and the back has
+        # issued the previous row's last beat
+        back_free = Signal()
+        handover = Signal()
         with m.FSM(name="ln") as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -357,26 +380,21 @@ class LayerNormUnit(wiring.Component):
                 with m.If(step == div_cycles - 1):
                     m.next = "HANDOVER"
             with m.State("HANDOVER"):
-                # the previous row's values are in use until its output pipeline drains
-                with m.If(pipe_empty):
+                with m.If(back_free):
+                    m.d.comb += handover.eq(1)
                     m.d.sync += [
                         s_out.eq(s1),
                         inv_out.eq(Mux(e == 0, 0, quo)),
                         sh_out.eq(Mux(e == 0, 1, e) + (LN_RECIP_FRAC - LN_NORM_FRAC)),
-                        g_out.eq(0),
+                        g_out.eq(0), b_buf.eq(f_buf), f_buf.eq(~f_buf),
+                        rows_left.eq(rows_left - 1), *begin_row(),
                     ]
-                    m.next = "OUT"
-            with m.State("OUT"):
-                with m.If(issue):
-                    m.d.sync += g_out.eq(g_out + 1)
-                    with m.If(g_out + 1 == beats):
-                        m.d.sync += [rows_left.eq(rows_left - 1), *begin_row()]
-                        with m.If(rows_left == 1):
-                            m.next = "FINISH"
-                        with m.Else():
-                            m.next = "LOAD"
+                    with m.If(rows_left == 1):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.next = "LOAD"
             with m.State("FINISH"):
-                with m.If(pipe_empty):
+                with m.If(back_free & pipe_empty):
                     with m.If(self.start):
                         m.d.sync += accept_op()
                         with m.If(self.cfg.rows != 0):
@@ -385,10 +403,20 @@ class LayerNormUnit(wiring.Component):
                             m.next = "IDLE"
                     with m.Else():
                         m.next = "IDLE"
+        with m.FSM(name="ln_out") as back:
+            with m.State("IDLE"):
+                with m.If(handover):
+                    m.next = "OUT"
+            with m.State("OUT"):
+                with m.If(issue):
+                    m.d.sync += g_out.eq(g_out + 1)
+                    with m.If(g_out + 1 == beats):
+                        m.next = "IDLE"
         # outputs as plain expressions of the state (continuous assignments in Verilog)
         m.d.comb += [
+            back_free.eq(back.ongoing("IDLE")),
             self.i.ready.eq(fsm.ongoing("LOAD")),
-            issue.eq(fsm.ongoing("OUT") & advance),
-            self.busy.eq(~fsm.ongoing("IDLE") & ~(fsm.ongoing("FINISH") & pipe_empty)),
+            issue.eq(back.ongoing("OUT") & advance),
+            self.busy.eq(~fsm.ongoing("IDLE") & ~(fsm.ongoing("FINISH") & back_free & pipe_empty)),
         ]
         return m

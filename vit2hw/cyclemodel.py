@@ -71,8 +71,10 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
         raise ValueError("channels must be a positive multiple of lanes")
     if rows < 1:
         return 0
-    period = 2 * (channels // lanes) + -(-layernorm_sqrt_bits(max_channels, in_bits) // _LN_STEPS) + _LN_ROW_OVERHEAD
-    return rows * period + _LN_OUT_PIPELINE_DEPTH
+    # the stats pass and scalar phase of a row (the front) overlap the previous row's output pass
+    beats = channels // lanes
+    front = beats + -(-layernorm_sqrt_bits(max_channels, in_bits) // _LN_STEPS) + _LN_ROW_OVERHEAD
+    return rows * front + beats + _LN_OUT_PIPELINE_DEPTH
 
 
 def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SoftmaxMode.LOG2) -> int:
