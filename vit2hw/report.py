@@ -157,10 +157,15 @@ _TOP_REF = {"lanes": 16, "cols": 16, "dsp": 454, "lut": 101861, "ff": 56809, "br
 #: measured: what the drain's table copies and per-row record select added to that top
 #: (97 515 → 99 826 LUT, 55 925 → 55 936 FF), per array column
 _PER_COL = {"dsp": 0.0, "lut": (99826 - 97515) / 16, "ff": (55936 - 55925) / 16}
+#: measured (Yosys synth_xilinx xc7, 16 lanes) since that top: the four-stage softmax
+#: (max_len 256; 7 588 LUT, 1 379 FF against 6 444 and 1 327 with two row buffers) and the
+#: two-buffer LayerNorm (1 024 channels; 12 085 LUT, 5 121 FF against 11 913 and 5 063); the
+#: row buffers are LUT RAM, no DSP or block RAM
+_SINCE_TOP = {"dsp": 0.0, "lut": (7588 - 6444) + (12085 - 11913), "ff": (1379 - 1327) + (5121 - 5063)}
 #: everything else beside the array (vector units, controller, DMA, scratchpad ports), per
 #: lane: the rest of the measured top, all of it attributed to the lanes (conservative for
 #: configurations with more lanes than 16, the controller/DMA part does not grow with them)
-_PER_LANE = {k: (_TOP_REF[k] - _ARRAY_REF[k] - _PER_COL[k] * _TOP_REF["cols"]) / _TOP_REF["lanes"]
+_PER_LANE = {k: (_TOP_REF[k] - _ARRAY_REF[k] - _PER_COL[k] * _TOP_REF["cols"] + _SINCE_TOP[k]) / _TOP_REF["lanes"]
              for k in ("dsp", "lut", "ff")}
 _BRAM36_BYTES = 4608
 #: copies of each scratchpad in block RAM: one per read port (a block RAM serves one write and
@@ -213,7 +218,8 @@ def estimate_resources(config) -> dict[str, Any]:
                     "of the DSP-slice MAC PEs, int4_packing off (docs/hw/array.md: 288 DSP, 19670 LUT, 22860 FF)")
                  + "; the drain tables per column and "
                  "everything else per vector lane from the measured whole default accelerator (454 DSP, "
-                 "101861 LUT, 56809 FF, 168.5 BRAM36 with 16 columns and 16 lanes); scratchpads as BRAM36, "
+                 "101861 LUT, 56809 FF, 168.5 BRAM36 with 16 columns and 16 lanes) plus the measured growth "
+                 "of its softmax and LayerNorm units since (1316 LUT, 110 FF); scratchpads as BRAM36, "
                  "one copy per read port (A, B, P 1; O 2; V 3)",
         "device": dev.name, "estimate": est, "capacity": cap,
         "fraction": {k: round(est[k] / cap[k], 4) for k in est},
