@@ -218,8 +218,8 @@ class SoftmaxUnit(wiring.Component):
             return out
 
         lane_view = data.ArrayLayout(unsigned(bw), L)
-        front_rd = data.View(lane_view, pick(x_buf))
-        back_rd = data.View(lane_view, pick(b_buf))
+        exp_rd = data.View(lane_view, pick(x_buf))
+        code_rd = data.View(lane_view, pick(b_buf))
 
         def lane_mask(group: Signal) -> list:
             base = Cat(Const(0, lane_bits), group) if lane_bits else group
@@ -257,7 +257,7 @@ class SoftmaxUnit(wiring.Component):
             p2 = Signal(EXP_FRAC + 1, name=f"p2_{lane}")        # 2**-(r/2**frac) at 2**-15
             q2 = Signal(uw - fr, name=f"q2_{lane}")
             e3 = Signal(ew, name=f"e3_{lane}")
-            t_rd = front_rd[lane][:sb].as_signed()
+            t_rd = exp_rd[lane][:sb].as_signed()
             m.d.sync += [
                 u0.eq((x_max - t_rd)[:uw]),
                 t1.eq(round_shift_expr(EXP2_C2 * u0[:fr], fr) + EXP2_C1),
@@ -305,7 +305,7 @@ class SoftmaxUnit(wiring.Component):
             prob_sat = Mux(prob > PROB_MAX, PROB_MAX, prob)
             with m.If(advance):
                 m.d.sync += [
-                    e0.eq(back_rd[lane][:ew]),
+                    e0.eq(code_rd[lane][:ew]),
                     self.o.payload[lane].eq(Mux(uniform, Mux(cmask[lane], prob_sat, 0),
                                                 Mux(cmask[lane], code, LOG2_ZERO_CODE))),
                 ]
