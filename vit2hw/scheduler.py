@@ -439,18 +439,19 @@ class _Scheduler:
             else:
                 p_sp = self.load_half(Target.P, params.addr + r0 * lineb, tmb * R, 1, lineb, double)
             operands = {"a": (a, r0, rows, Target.A), "b": (b, c0, cols, Target.B)}
-            at = {key: self.load_half(t, mat.addr + row0 * mat.stride, nrows, lines, mat.stride, double)
-                  for key in ("b",) for mat, row0, nrows, t in [operands[key]] if mat.const}
+            at = {}
+            if b.const:
+                at["b"] = self.load_half(Target.B, b.addr + c0 * b.stride, cols, lines, b.stride, double)
             if a.const:
                 # a weight as the A operand (the transposed V GEMM), when all of it fits an eighth
                 # of A, goes to the top of A (each row block in its own place), clear of the
                 # halves' lower lines where the activation chunks before it alternate: the
                 # cross-node reordering can then load it while those GEMMs still run
-                whole = _ceil(m, R) * lines
-                a_top = g.a_depth - whole + (r0 // R) * lines if whole <= g.a_depth // 8 else None
-                at["a"] = (self.load(Target.A, a.addr + r0 * a.stride, rows, lines, a_top, a.stride)
-                           if a_top is not None else
-                           self.load_half(Target.A, a.addr + r0 * a.stride, rows, lines, a.stride, double))
+                src, whole = a.addr + r0 * a.stride, _ceil(m, R) * lines
+                if whole <= g.a_depth // 8:
+                    at["a"] = self.load(Target.A, src, rows, lines, g.a_depth - whole + (r0 // R) * lines, a.stride)
+                else:
+                    at["a"] = self.load_half(Target.A, src, rows, lines, a.stride, double)
             acts = [key for key in ("a", "b") if key not in at]
             for key in acts:
                 mat, row0, nrows, _ = operands[key]
