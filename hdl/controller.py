@@ -148,7 +148,8 @@ class GemmEngine(wiring.Component):
     and B lines ``b_addr + j·b_row_lines + k // bus_bytes`` of every B bank, byte
     ``k % bus_bytes``. Output row ``r`` of the tile (global row ``m = i·rows + r``) goes to O
     line ``o_addr + m·n_tiles + j`` with the parameters of P line ``p_addr + j`` (or
-    ``p_addr + m·n_tiles + j`` with ``bias_per_row``). With ``lut`` every requantized code is
+    ``p_addr + m·n_tiles + j`` with ``bias_per_row``, ``p_addr + (m // 2)·n_tiles + j`` with
+    ``bias_pairs`` too, odd rows taking the records' second bias). With ``lut`` every requantized code is
     looked up in the engine's copies of LUT_TABLE (written through ``lut_wr``) before O.
     """
 
@@ -233,8 +234,24 @@ class GemmEngine(wiring.Component):
         # cycles, so after row r < R-1 comes row r+1 (at o_ptr_n), otherwise the next row
         # to leave, whenever it does, is row 0 of the tile (d_rowoff_n, d_j_n)
         cur_n = Signal(24)
-        m.d.comb += cur_n.eq(Mux(ra.drain_valid & (ra.drain_row != R - 1) & ~self.go, o_ptr_n,
-                                 d_rowoff_n + d_j_n))
+        same_tile = ra.drain_valid & (ra.drain_row != R - 1) & ~self.go
+        m.d.comb += cur_n.eq(Mux(same_tile, o_ptr_n, d_rowoff_n + d_j_n))
+        # bias_pairs: rows 2i and 2i+1 of the instruction share P line i·n_tiles + j. With an
+        # even R a tile's row r has the parity of r, and its pair offset (r // 2)·n_tiles
+        # grows by n_tiles after each odd row; the tile's first pair is at d_rowoff / 2.
+        pr_off, pr_off_n = Signal(24), Signal(24)
+        m.d.comb += pr_off_n.eq(pr_off)
+        m.d.sync += pr_off.eq(pr_off_n)
+        pr_cur = Mux(ra.drain_row == 0, 0, pr_off)
+        with m.If(self.go):
+            m.d.comb += pr_off_n.eq(0)
+        with m.Elif(ra.drain_valid):
+            m.d.comb += pr_off_n.eq(pr_cur + Mux(ra.drain_row[0], cfg.n_tiles, 0))
+        pair_n = Signal(24)
+        m.d.comb += pair_n.eq(Mux(same_tile, (d_rowoff >> 1) + d_j + pr_off_n,
+                                  (d_rowoff_n >> 1) + d_j_n))
+        odd_row = Signal()
+        m.d.comb += odd_row.eq(cfg.bias_pairs & ra.drain_row[0] if R % 2 == 0 else 0)
         # row_params: rows leave in order 0, 1, 2, ... (one column tile), row r taking record
         # r % C of P line r // C; (rp_line, rp_rec) is the next row to leave
         rp_line, rp_line_n = Signal(24), Signal(24)
@@ -249,7 +266,8 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 m.d.comb += rp_rec_n.eq(rp_rec + 1)
         m.d.comb += self.p_rd.addr.eq(cfg.p_addr + Mux(cfg.row_params, rp_line_n,
-                                                       Mux(cfg.bias_per_row, cur_n, d_j_n)))
+                                                       Mux(cfg.bias_per_row, Mux(cfg.bias_pairs, pair_n, cur_n),
+                                                           d_j_n)))
         rec_bits = RECORD_BYTES * 8
         prm = self.p_rd.data[0]
         row_rec = Signal(rec_bits)
@@ -257,7 +275,7 @@ class GemmEngine(wiring.Component):
         for c in range(C):
             rec = Mux(cfg.row_params, row_rec, prm[c * rec_bits:(c + 1) * rec_bits])
             col = ra.params.col[c]
-            m.d.comb += [col.bias.eq(rec[0:32]), col.m.eq(rec[32:48]), col.s.eq(rec[48:54]),
+            m.d.comb += [col.bias.eq(Mux(odd_row, rec[96:128], rec[0:32])), col.m.eq(rec[32:48]), col.s.eq(rec[48:54]),
                          col.zp.eq(rec[64:80])]
         m.d.comb += [ra.params.out_bits.eq(cfg.out_bits), ra.params.out_signed.eq(cfg.out_signed),
                      ra.params.bypass.eq(cfg.bypass)]

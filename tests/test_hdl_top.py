@@ -65,22 +65,24 @@ class Layout:
         return addr
 
 
-def _param_lines(g: Geometry, n: int, bias, m, s, zp) -> tuple[bytes, int]:
-    """P lines for ``n`` output columns: one line of ``cols`` records per column tile."""
+def _param_lines(g: Geometry, n: int, bias, m, s, zp, bias1=0) -> tuple[bytes, int]:
+    """P lines for ``n`` output columns: one line of ``cols`` records per column tile (``bias1``:
+    the second row's bias of a ``bias_pairs`` line)."""
     nt = _ceil(n, g.cols)
     cols = nt * g.cols
     pad = lambda v: np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (n,)), np.zeros(cols - n, np.int64)])
-    return pack_records(PARAM_RECORD, cols, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp)), nt
+    return pack_records(PARAM_RECORD, cols, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp), bias1=pad(bias1)), nt
 
 
 def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm",
               out_ebytes: int = 1, bias_per_row: bool = False, lut_bits: int = 0,
               row_params: bool = False, forward_softmax: bool = False,
-              softmax_from_o: SoftmaxMode | None = None) -> Case:
+              softmax_from_o: SoftmaxMode | None = None, bias_pairs: bool = False) -> Case:
     """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it.
 
     ``out_ebytes`` 1/2 requantizes to int8/int16; 4 is the bypass (raw int32 ``acc + bias``).
-    ``bias_per_row`` uses one bias per output element (P line per row and column tile).
+    ``bias_per_row`` uses one bias per output element (P line per row and column tile);
+    ``bias_pairs`` packs two rows to a P line (the odd row's bias in ``bias1``).
     ``lut_bits``: requantize to that many bits and look every code up in a GELU table
     (loaded into LUT_TABLE) on the way into O; the int16 values are stored.
     ``row_params``: one requantization record per output row (``n`` ≤ cols), ``cols`` to a P line.
@@ -113,6 +115,7 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     if mode != GemmMode.PACKED:
         w_bytes = w.T
     mt, nt = _ceil(m, g.rows), _ceil(n, g.cols)
+    bias_per_row = bias_per_row or bias_pairs
     bias = rng.integers(-5000, 5000, (mt * g.rows, n) if bias_per_row else n)
     out_bits = lut_bits or 8 * out_ebytes
     scale = max(1, int(np.abs(acc).max()))
@@ -144,6 +147,10 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     if row_params:
         p_lines = _ceil(per, g.cols)
         params = _param_lines(g, per, bias, mult, shift, zp)[0]
+    elif bias_pairs:
+        params = b"".join(_param_lines(g, n, bias[i], mult, shift, zp, bias1=bias[i + 1])[0]
+                          for i in range(0, mt * g.rows, 2))
+        p_lines = mt * g.rows // 2 * nt
     elif bias_per_row:
         params = b"".join(_param_lines(g, n, row, mult, shift, zp)[0] for row in bias)
         p_lines = mt * g.rows * nt
@@ -158,7 +165,8 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     asm.load(Target.B, wa, n, lines, 0)
     asm.load(Target.P, pa, p_lines, 1, 0)
     asm.gemm(m, n, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=min(out_bits, 32), mode=mode,
-             bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits, row_params=row_params)
+             bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits, row_params=row_params,
+             bias_pairs=bias_pairs)
     if softmax_from_o is not None:
         lpr = _ceil(n, g.lanes)
         c_row = lpr * g.words_per_line(Target.V, 1) * wb
@@ -451,6 +459,8 @@ def _more_cases(rng) -> list[Case]:
             gemm_case(SMALL, rng, 6, 5, 9, name="scores_int16", out_ebytes=2),
             gemm_case(SMALL, rng, 5, 6, 7, name="bypass_int32", out_ebytes=4),
             gemm_case(SMALL, rng, 6, 8, 5, name="bias_per_row", bias_per_row=True),
+            gemm_case(SMALL, rng, 7, 8, 9, name="bias_pairs", bias_pairs=True),
+            gemm_case(SMALL, rng, 10, 2, 7, name="bias_pairs_k_below_rows", bias_pairs=True),
             lut_case(SMALL, rng, 2, 10), residual_case(SMALL, rng, 3, 8),
             gemm_case(SMALL, rng, 6, 9, 7, name="gemm_gelu8", out_ebytes=2, lut_bits=8),
             gemm_case(SMALL, rng, 5, 6, 4, name="gemm_table4", out_ebytes=2, lut_bits=4),
@@ -458,7 +468,8 @@ def _more_cases(rng) -> list[Case]:
 
 
 def test_top_more_ops_slow_memory(tmp_path):
-    """Packed int4, K < rows, int16 and int32 (bypass) outputs, per-element bias, per-row
+    """Packed int4, K < rows, int16 and int32 (bypass) outputs, per-element bias (one row or
+    two rows to a P line, the latter also with tiles draining back to back), per-row
     parameters (12 rows over 3 P lines), LUT, residual add and GEMMs with a fused 8-bit / 4-bit
     table lookup are bit-exact with a 3-cycle memory,
     and the cycle model still matches exactly."""

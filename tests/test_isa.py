@@ -185,7 +185,8 @@ def test_program_cycles_never_exceed_the_sequential_sum():
 
 def test_assembler_rejects_impossible_moves_and_fusions():
     """MOVE needs whole V lines per O line and enough O lines for its V lines; a fused table
-    needs signed outputs of exactly its input width; row_params one column tile."""
+    needs signed outputs of exactly its input width; row_params one column tile; bias_pairs
+    per-row bias on an even number of array rows."""
     def geometry(cols):
         return Geometry.from_config(AcceleratorConfig(rows=4, cols=cols, vector_lanes=4, mem_bus_bits=32,
                                                       act_buf_bytes=4 * 4 * 16, weight_buf_bytes=cols * 4 * 16,
@@ -201,3 +202,10 @@ def test_assembler_rejects_impossible_moves_and_fusions():
         asm.gemm(4, 8, 8, 0, 0, 0, 0, out_bits=8, lut_bits=4)
     with pytest.raises(ProgramError, match="row_params"):
         asm.gemm(4, 16, 8, 0, 0, 0, 0, row_params=True)
+    with pytest.raises(ProgramError, match="bias_pairs needs bias_per_row"):
+        asm.gemm(4, 8, 8, 0, 0, 0, 0, bias_pairs=True)
+    odd_rows = Assembler(Geometry.from_config(AcceleratorConfig(rows=3, cols=4, vector_lanes=4, mem_bus_bits=32,
+                                                                act_buf_bytes=3 * 4 * 16, weight_buf_bytes=4 * 4 * 16,
+                                                                out_buf_bytes=4 * 4 * 64)))
+    with pytest.raises(ProgramError, match="even number of array rows"):
+        odd_rows.gemm(3, 4, 8, 0, 0, 0, 0, bias_per_row=True, bias_pairs=True)

@@ -63,12 +63,22 @@ def test_codes(digits_test):
     return graph_input(digits_test.images[:3])
 
 
-@pytest.mark.parametrize("cfg", [get_preset("default"), SMALL], ids=["default16x16", "small4x8"])
+#: an odd number of rows: the per-token bias keeps one P line per output row (no bias_pairs)
+ODD = AcceleratorConfig(name="odd5x8", rows=5, cols=8, vector_lanes=8, act_buf_bytes=5 * 8 * 24,
+                        weight_buf_bytes=8 * 8 * 24, out_buf_bytes=8 * 4 * 48, mem_bus_bits=64,
+                        max_tokens=32, max_channels=128)
+
+
+@pytest.mark.parametrize("cfg", [get_preset("default"), SMALL, ODD], ids=["default16x16", "small4x8", "odd5x8"])
 def test_log2_program_bit_exact(digits_log2, test_codes, cfg):
-    """The scheduled program, run by the ISA interpreter, gives exactly the reference logits."""
+    """The scheduled program, run by the ISA interpreter, gives exactly the reference logits
+    (the patch embedding's per-token bias two rows to a P line on the even arrays, one on
+    the odd one)."""
     g = digits_log2
     assert g.nodes["blocks.0.attn.softmax"].attrs.get("mode", "log2") == "log2"
-    _, got = _run_images(g, cfg, test_codes)
+    sp, got = _run_images(g, cfg, test_codes)
+    pairs = [ins["bias_pairs"] for ins in sp.program.instructions if ins.op == Op.GEMM and ins["bias_per_row"]]
+    assert pairs and set(pairs) == {int(cfg.rows % 2 == 0)}
     want = run_graph(g, test_codes)[g.outputs[0]]
     np.testing.assert_array_equal(got, want)
 

@@ -171,7 +171,10 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
               # appended (bit 196): zero in words written before, which then mean "no table"
               "lut:u1", "lut_bits:u4",
               # appended (bit 201): one PARAM_RECORD per output row, ``cols`` to a P line
-              "row_params:u1"),
+              "row_params:u1",
+              # appended (bit 202): with bias_per_row, one P line per pair of output rows
+              # (the odd row's bias in the records' ``bias1``)
+              "bias_pairs:u1"),
     Op.LAYERNORM: ("src:u24", "dst:u24", "rows:u16", "channels:u16", "out_bits:u6", "out_zp:s16"),
     # ``mode`` was appended (bit 88) so that words written before it decode as log2 softmax
     Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16", "mode:u1", "src_o:u1", "src_row_lines:u16"),
@@ -465,8 +468,9 @@ def store_row_words(g: Geometry, target: "Target | int", row_lines: int, ebytes:
 # ------------------------------------------------------------------ record formats
 
 #: requantization parameters of one output column (a P line holds ``cols`` of them)
+#: (``bias1``: the odd row's bias where a GEMM's ``bias_pairs`` packs two output rows to a line)
 PARAM_RECORD = np.dtype([("bias", "<i4"), ("m", "<i2"), ("s", "u1"), ("_r0", "u1"),
-                         ("zp", "<i2"), ("_r1", "V6")])
+                         ("zp", "<i2"), ("_r1", "V2"), ("bias1", "<i4")])
 #: LayerNorm constants of one channel (s: the affine shift gs)
 LN_RECORD = np.dtype([("gm", "<i2"), ("alpha", "u1"), ("gs", "u1"), ("bb", "<i4"), ("_r", "V8")])
 #: residual-add constants of one channel (bias: signed 40 bits used)
@@ -613,18 +617,24 @@ class Assembler:
              out_bits: int = 8, out_signed: bool = True, mode: GemmMode = GemmMode.MUL8,
              a_unsigned: bool = False, bypass: bool = False, bias_per_row: bool = False,
              a_row_lines: int | None = None, b_row_lines: int | None = None,
-             lut_bits: int = 0, row_params: bool = False) -> Instruction:
+             lut_bits: int = 0, row_params: bool = False, bias_pairs: bool = False) -> Instruction:
         """``Y[m, n] = requant(A[m, k] @ B[k, n])`` tiled over the array; O line of (row i, tile j)
         is ``o_addr + i * n_tiles + j``. ``lut_bits`` > 0: every requantized ``lut_bits``-bit
         code is then looked up in LUT_TABLE (``intops.apply_lut``) on its way into O.
         ``row_params``: output row ``r`` uses record ``r % cols`` of P line ``p_addr + r // cols``
-        in every column (per-row requantization; one column tile)."""
+        in every column (per-row requantization; one column tile). ``bias_pairs`` (with
+        ``bias_per_row``, an even number of array rows): output rows ``2i`` and ``2i + 1`` share
+        P line ``p_addr + i·n_tiles + j``, the odd row taking its bias from ``bias1``, which
+        halves the parameter traffic of a per-token bias."""
         g = self.g
         if GemmMode(mode) == GemmMode.PACKED and not g.int4_packing:
             raise ProgramError("GEMM mode PACKED needs an array built with int4_packing "
                                "(this configuration's PEs are DSP-slice MACs without it)")
         if row_params and (bias_per_row or -(-n // g.cols) != 1):
             raise ProgramError("GEMM row_params needs a single column tile and no bias_per_row")
+        if bias_pairs and (not bias_per_row or g.rows % 2):
+            raise ProgramError(f"GEMM bias_pairs needs bias_per_row and an even number of array rows "
+                               f"(this array has {g.rows})")
         if lut_bits and (bypass or out_bits != lut_bits or not out_signed or lut_bits > 8):
             raise ProgramError(f"GEMM table lookup needs signed requantized outputs of its {lut_bits} "
                                f"input bits (<= 8), got out_bits={out_bits} signed={out_signed} bypass={bypass}")
@@ -638,7 +648,7 @@ class Assembler:
                          a_addr=a_addr, a_row_lines=lines if a_row_lines is None else a_row_lines,
                          b_addr=b_addr, b_row_lines=lines if b_row_lines is None else b_row_lines,
                          o_addr=o_addr, p_addr=p_addr, lut=int(lut_bits > 0), lut_bits=lut_bits,
-                         row_params=int(row_params))
+                         row_params=int(row_params), bias_pairs=int(bias_pairs))
 
     def layernorm(self, src: int, dst: int, rows: int, channels: int, out_bits: int,
                   out_zp: int = 0) -> Instruction:

@@ -215,7 +215,10 @@ def _gemm(st: MachineState, ins: Instruction) -> None:
             raise IsaSimError("GEMM row_params with more than one column tile")
         p_lines = ins["p_addr"] + m_idx // C
     elif ins["bias_per_row"]:
-        p_lines = ins["p_addr"] + m_idx[:, None] * nt + np.arange(nt)[None, :]
+        if ins["bias_pairs"] and R % 2:
+            raise IsaSimError(f"GEMM bias_pairs on an array of {R} (odd) rows")
+        pair = 2 if ins["bias_pairs"] else 1
+        p_lines = ins["p_addr"] + (m_idx // pair)[:, None] * nt + np.arange(nt)[None, :]
     else:
         p_lines = np.broadcast_to(ins["p_addr"] + np.arange(nt)[None, :], (mt * R, nt))
     if p_lines.max() >= g.p_depth:
@@ -224,12 +227,15 @@ def _gemm(st: MachineState, ins: Instruction) -> None:
         rec = np.repeat(st.p[p_lines, m_idx % C][:, None], C, axis=1)
     else:
         rec = st.p[p_lines].reshape(mt * R, nt * C)                                 # per output element
-    acc_b = acc + rec["bias"].astype(np.int64)
+    bias = rec["bias"].astype(np.int64)
+    if ins["bias_per_row"] and ins["bias_pairs"]:                                   # odd rows: bias1
+        bias = np.where((m_idx % 2 == 1)[:, None], rec["bias1"].astype(np.int64), bias)
+    acc_b = acc + bias
     if ins["bypass"]:
         y = I.check_range(acc_b, 32, True, "GEMM bypass output")
     else:
         y = I.requantize(acc, rec["m"].astype(np.int64), rec["s"].astype(np.int64), ins["out_bits"],
-                         bool(ins["out_signed"]), rec["zp"].astype(np.int64), rec["bias"].astype(np.int64))
+                         bool(ins["out_signed"]), rec["zp"].astype(np.int64), bias)
     if ins["lut"]:
         bits = ins["lut_bits"]
         y = I.apply_lut(y, st.lut["value"][:1 << bits].astype(np.int64), bits)

@@ -7,7 +7,8 @@ topological order) become instructions of :mod:`vit2hw.isa`:
 ``linear``      tiled GEMM (:mod:`vit2hw.tiling`): A = activations (row-major), B = the weight's
                 [out, in] rows, requantization records per column in P (MUL8; SHIFT for
                 4-bit Shift-Log2 inputs). The patch embedding's per-token bias uses one
-                record per output element (``bias_per_row``).
+                record per output element (``bias_per_row``), two output rows to a P line
+                (``bias_pairs``) on an array with an even number of rows.
                 A linear whose output is the V of an attention is computed *transposed*
                 (Vᵀ = Wᵀ·Xᵀ: A = weight rows, B = token rows, one record per output row,
                 ``C`` records to a P line: GEMM ``row_params``),
@@ -196,9 +197,9 @@ class _Matrix:
 
 @dataclass(frozen=True)
 class _Params:
-    kind: str       # "col", "elem", "row", "rowrec" (see tiling.choose_blocking)
+    kind: str       # "col", "elem", "elem2", "row", "rowrec" (see tiling.choose_blocking)
     addr: int
-    line_stride: int  # bytes between consecutive row groups ("elem": one output row's lines)
+    line_stride: int  # bytes between consecutive row groups ("elem": one output row's lines, "elem2": a pair's)
 
 
 @dataclass(frozen=True)
@@ -373,13 +374,15 @@ class _Scheduler:
                     self.transposed[v] = self.plan.tensor(v + ".T", cols, rows, element_bytes(self.spec(v).bits))
 
     # ---------------------------------------------------------- GEMM
-    def param_lines(self, ncols: int, bias, m, s, zp) -> bytes:
-        """Records for ``ncols`` columns, padded to whole column tiles (one line per tile)."""
+    def param_lines(self, ncols: int, bias, m, s, zp, bias1=0) -> bytes:
+        """Records for ``ncols`` columns, padded to whole column tiles (one line per tile);
+        ``bias1``: the second row's bias of a GEMM ``bias_pairs`` line."""
         C = self.g.cols
         total = _ceil(ncols, C) * C
         pad = lambda v: np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (ncols,)),
                                         np.zeros(total - ncols, np.int64)])
-        return pack_records(PARAM_RECORD, total, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp))
+        return pack_records(PARAM_RECORD, total, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp),
+                            bias1=pad(bias1))
 
     def blocking(self, m: int, n: int, k_beats: int, kind: str, what: str):
         """``(blocking, double buffered, geometry it was chosen on)``: double buffering (each
@@ -433,9 +436,10 @@ class _Scheduler:
                                       double)
             elif params.kind == "col":
                 p_sp = self.load_half(Target.P, params.addr + (c0 // C) * lineb, tnb, 1, lineb, double)
-            elif params.kind == "elem":
-                p_sp = self.load_half(Target.P, params.addr + r0 * params.line_stride + (c0 // C) * lineb,
-                                      tmb * R, tnb, params.line_stride, double)
+            elif params.kind in ("elem", "elem2"):
+                per = 2 if params.kind == "elem2" else 1
+                p_sp = self.load_half(Target.P, params.addr + r0 // per * params.line_stride + (c0 // C) * lineb,
+                                      _ceil(tmb * R, per), tnb, params.line_stride, double)
             else:
                 p_sp = self.load_half(Target.P, params.addr + r0 * lineb, tmb * R, 1, lineb, double)
             operands = {"a": (a, r0, rows, Target.A), "b": (b, c0, cols, Target.B)}
@@ -478,7 +482,8 @@ class _Scheduler:
                                        ebytes=eb))
             else:
                 self.asm.gemm(rows, cols, k_beats, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp,
-                              bias_per_row=params.kind == "elem", **common)
+                              bias_per_row=params.kind in ("elem", "elem2"), bias_pairs=params.kind == "elem2",
+                              **common)
                 stores.append(dict(target=Target.O, ext_addr=ext, rows=rows, row_lines=tnb, spad_addr=o_sp,
                                    row_elems=cols, ext_stride=out.stride, ebytes=eb))
             self.flush_stores()
@@ -566,9 +571,15 @@ class _Scheduler:
                 mt = _ceil(rows, self.g.rows)
                 full = np.zeros((mt * self.g.rows, bias.shape[1]), np.int64)
                 full[:bias.shape[0]] = bias
-                blob = b"".join(self.param_lines(mcols, row, c["m"], c["s"], ys.zero_point) for row in full)
                 lstride = _ceil(mcols, self.g.cols) * self.g.cols * RECORD_BYTES
-                p = _Params("elem", self.const(blob, node.name + ".params", "params"), lstride)
+                if self.g.rows % 2 == 0:        # two rows to a P line: half the parameter traffic
+                    blob = b"".join(self.param_lines(mcols, full[i], c["m"], c["s"], ys.zero_point, full[i + 1])
+                                    for i in range(0, len(full), 2))
+                    kind = "elem2"
+                else:
+                    blob = b"".join(self.param_lines(mcols, row, c["m"], c["s"], ys.zero_point) for row in full)
+                    kind = "elem"
+                p = _Params(kind, self.const(blob, node.name + ".params", "params"), lstride)
             else:
                 blob = self.param_lines(mcols, bias, c["m"], c["s"], ys.zero_point)
                 p = _Params("col", self.const(blob, node.name + ".params", "params"), 0)
