@@ -14,7 +14,7 @@ import pytest
 from hdl.config import AcceleratorConfig, get_preset
 from vit2hw.cyclemodel import instruction_cycles, program_cycles, timeline
 from vit2hw.hazards import conflicts
-from vit2hw.isa import Engine, Geometry, Op, engine_of, instr_engine
+from vit2hw.isa import Engine, Geometry, Op, Target, engine_of, instr_engine
 from vit2hw.isasim import run_program
 from vit2hw.pipeline import graph_input
 from vit2hw.reference import run_graph
@@ -165,6 +165,37 @@ def test_no_conflicting_instructions_overlap(digits_log2):
         assert overlapping > 0      # the engines do overlap
 
 
+def test_weight_regions_keep_programs_bit_exact(digits_log2, test_codes):
+    """With B's two weight regions, the weights that fit one go there in turn (each LOAD
+    one line group), the program stays bit-exact on the ISA interpreter and no two
+    instructions touching the same storage run at the same time."""
+    cfg = get_preset("default")
+    g = Geometry.from_config(cfg)
+    sp = schedule(digits_log2, cfg, weight_regions=True)
+    got = []
+    for img in test_codes:
+        mem = bytearray(sp.mem_bytes)
+        write_input(mem, next(iter(sp.inputs.values())), img)
+        run_program(sp.program, cfg, mem)
+        got.append(read_output(mem, next(iter(sp.outputs.values()))))
+    np.testing.assert_array_equal(np.stack(got), run_graph(digits_log2, test_codes)[digits_log2.outputs[0]])
+    region = max(-(-n.consts["weight"].shape[0] // g.bus_bytes) * -(-n.consts["weight"].shape[1] // g.cols)
+                 for n in digits_log2.nodes.values() if n.op == "linear")
+    assert 2 * region <= g.b_depth * 3 // 4
+    tops = sorted({ins["spad_addr"] for ins in sp.program.instructions
+                   if ins.op == Op.LOAD and ins["target"] == Target.B and ins["spad_addr"] >= g.b_depth - 2 * region})
+    assert tops and tops[0] == g.b_depth - 2 * region and any(t >= g.b_depth - region for t in tops)
+    assert all(ins["rows"] <= g.cols for ins in sp.program.instructions
+               if ins.op == Op.LOAD and ins["target"] == Target.B and ins["spad_addr"] >= g.b_depth - 2 * region)
+    tl = timeline(sp.program, cfg)
+    spans = [(x, f, ins) for ins, x, f in zip(tl.instructions, tl.issue, tl.finish) if engine_of(ins.op) is not None]
+    for i, (x0, f0, a) in enumerate(spans):
+        for x1, f1, b in spans[i + 1:]:
+            if x1 >= f0:
+                break
+            assert not conflicts(a, b, g), (a, b)
+
+
 def test_schedule_is_deterministic(digits_log2):
     """Two schedules of one graph give byte-identical programs and placements."""
     a, b = schedule(digits_log2, SMALL), schedule(digits_log2, SMALL)
@@ -221,8 +252,8 @@ def test_interleaving_keeps_every_dependent_pair_and_saves_cycles(digits_log2):
     from vit2hw.reorder import depends
     cfg = get_preset("default")
     g = Geometry.from_config(cfg)
-    plain = schedule(digits_log2, cfg, interleave=False, blocking="serial")
-    mixed = schedule(digits_log2, cfg, blocking="serial")
+    plain = schedule(digits_log2, cfg, interleave=False, blocking="serial", weight_regions=False)
+    mixed = schedule(digits_log2, cfg, blocking="serial", weight_regions=False)
     a = [i.with_wait(0) for i in plain.program.instructions]
     b = [i.with_wait(0) for i in mixed.program.instructions]
     assert sorted(map(str, a)) == sorted(map(str, b)) and a != b

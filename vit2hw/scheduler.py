@@ -238,8 +238,10 @@ class _Halves:
     The ``wait`` fields (:mod:`vit2hw.hazards`) keep any reuse correct; the alternation is
     what lets the engines overlap."""
 
-    def __init__(self, g: Geometry):
-        self.depth = {Target.A: g.a_depth, Target.B: g.b_depth, Target.P: g.p_depth, Target.O: g.o_depth}
+    def __init__(self, g: Geometry, b_lines: int | None = None):
+        # B's halves may share it with the two weight regions above them (``b_lines`` below)
+        self.depth = {Target.A: g.a_depth, Target.B: g.b_depth if b_lines is None else b_lines,
+                      Target.P: g.p_depth, Target.O: g.o_depth}
         self.turn = {t: 0 for t in self.depth}
 
     def base(self, target: Target) -> int:
@@ -253,7 +255,7 @@ class _Halves:
 
 class _Scheduler:
     def __init__(self, graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True,
-                 overlap_blocking: bool = False):
+                 overlap_blocking: bool = False, weight_regions: bool = False):
         self.interleave = interleave
         self.overlap_blocking = overlap_blocking
         self.graph = graph
@@ -263,7 +265,13 @@ class _Scheduler:
         self.plan = MemoryPlan(self.g.bus_bytes)
         self.lat = mem_latency
         self.res = _Residency()
-        self.halves = _Halves(self.g)
+        # B's weight regions: two places above B's halves, taken in turn weight by weight, so a
+        # weight loads while the GEMMs between it and the weight two before it still run (the
+        # halves alone hold one weight while the other half holds the attention's k and Vᵀ)
+        self.b_region = self.weight_region_lines() if weight_regions else 0
+        self.b_half = (self.g.b_depth - 2 * self.b_region) // 2
+        self.b_turn = 0
+        self.halves = _Halves(self.g, self.g.b_depth - 2 * self.b_region)
         self.pending: list[tuple[str, dict]] = []     # GEMM STOREs not yet emitted: (node, args)
         self.owner: dict[int, str] = {}               # instruction index -> node, for those STOREs
         self.node = ""
@@ -325,6 +333,48 @@ class _Scheduler:
             self.halves.flip(target)
         return self.load(target, ext_addr, rows, row_lines, spad, ext_stride)
 
+    def weight_region_lines(self) -> int:
+        """Lines of each weight region: the largest whole weight (B operand) of which two fit
+        in three quarters of B, leaving the halves a quarter; 0 when none does."""
+        g = self.g
+        sizes = [_ceil(n.consts["weight"].shape[0], g.bus_bytes) * _ceil(n.consts["weight"].shape[1], g.cols)
+                 for n in self.graph.nodes.values() if n.op == "linear"]
+        fit = [s for s in sizes if 2 * s <= g.b_depth * 3 // 4]
+        return max(fit, default=0)
+
+    def weight_region(self, whole: int) -> int | None:
+        """First line of the next weight region for a weight of ``whole`` B lines, or None
+        when there are no regions or it does not fit one."""
+        if not self.b_region or whole > self.b_region:
+            return None
+        base = self.g.b_depth - (2 - self.b_turn) * self.b_region
+        self.b_turn ^= 1
+        return base
+
+    def weight_fits(self, whole: int) -> bool:
+        """A weight of ``whole`` B lines fits a half of B or a weight region."""
+        return whole <= max(self.b_half, self.b_region)
+
+    def load_weight(self, addr: int, rows: int, lines: int, stride: int) -> int:
+        """LOAD a whole weight into B: its weight region when it fits one, else the next half
+        (unless it is still held); returns its first line."""
+        held = self.res.lookup(Target.B, (addr, stride, rows, lines, 1))
+        if held is not None:
+            return held
+        base = self.weight_region(_ceil(rows, self.g.cols) * lines)
+        if base is None:
+            return self.load_half(Target.B, addr, rows, lines, stride, True)
+        return self.load_region(addr, rows, lines, base, stride)
+
+    def load_region(self, addr: int, rows: int, lines: int, spad: int, stride: int) -> int:
+        """LOAD weight rows into a weight region, ``cols`` rows (one line group) per LOAD:
+        hoisted early, a long load would hold the weight DMA while a short one the array
+        needs next waits behind it; in pieces, the reordering slips those in between."""
+        C = self.g.cols
+        for r in range(0, rows, C):
+            self.load(Target.B, addr + r * stride, min(C, rows - r), lines, spad + (r // C) * lines, stride)
+        return spad
+
     def load_const(self, target: Target, addr: int, count: int) -> None:
         self.load(target, addr, count, 1, 0, RECORD_BYTES)
 
@@ -384,11 +434,12 @@ class _Scheduler:
         return pack_records(PARAM_RECORD, total, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp),
                             bias1=pad(bias1))
 
-    def blocking(self, m: int, n: int, k_beats: int, kind: str, what: str):
+    def blocking(self, m: int, n: int, k_beats: int, kind: str, what: str, b_lines: int = 0):
         """``(blocking, double buffered, geometry it was chosen on)``: double buffering (each
-        scratchpad as two halves) when a tile fits a half, else the whole scratchpads."""
+        scratchpad as two halves; B: ``b_lines``, e.g. a weight region, else a half) when a
+        tile fits, else the whole scratchpads."""
         g = self.g
-        half = dataclasses.replace(g, a_depth=g.a_depth // 2, b_depth=g.b_depth // 2, o_depth=g.o_depth // 2,
+        half = dataclasses.replace(g, a_depth=g.a_depth // 2, b_depth=b_lines or self.b_half, o_depth=g.o_depth // 2,
                                    p_depth=g.p_depth // 2)
         try:
             return choose_blocking(half, m, n, k_beats, kind, what, self.lat, self.overlap_blocking), True, half
@@ -410,8 +461,10 @@ class _Scheduler:
         if (out.addr + out_col0 * eb) % wb:
             raise TileError(f"{what}: output column {out_col0} is not bus-word aligned")
         lines = _ceil(k_beats, wb)
-        blk, double, used = self.blocking(m, n, k_beats, params.kind, what)
         mt, nt = _ceil(m, R), _ceil(n, C)
+        region = b.const and self.b_region and nt * lines <= self.b_region
+        blk, double, used = self.blocking(m, n, k_beats, params.kind, what, self.b_region if region else 0)
+        wreg = self.weight_region(nt * lines) if region and double else None
         lineb = C * RECORD_BYTES
         # parameters that fit at once are loaded once (ahead of the blocks) and stay
         whole_p = resident_param_lines(used, m, n, params.kind)
@@ -444,7 +497,9 @@ class _Scheduler:
                 p_sp = self.load_half(Target.P, params.addr + r0 * lineb, tmb * R, 1, lineb, double)
             operands = {"a": (a, r0, rows, Target.A), "b": (b, c0, cols, Target.B)}
             at = {}
-            if b.const:
+            if b.const and wreg is not None:          # each column block in its own place
+                at["b"] = self.load_region(b.addr + c0 * b.stride, cols, lines, wreg + (c0 // C) * lines, b.stride)
+            elif b.const:
                 at["b"] = self.load_half(Target.B, b.addr + c0 * b.stride, cols, lines, b.stride, double)
             if a.const:
                 # a weight as the A operand (the transposed V GEMM), when all of it fits an eighth
@@ -635,7 +690,7 @@ class _Scheduler:
         the B operand (``nt`` tiles × ``lines``) in half of B and the parameters in half of P;
         0 when no such chunk exists (or an O line is not whole V lines)."""
         g = self.g
-        if g.cols % g.lanes or nt * lines > g.b_depth // 2 or nt > g.p_depth // 2:
+        if g.cols % g.lanes or not self.weight_fits(nt * lines) or nt > g.p_depth // 2:
             return 0
         per = min(g.o_depth // 2 // nt, v_half_lines(g) // (regions * lpr), g.a_depth // 2 // lines * g.rows)
         return per // g.rows * g.rows
@@ -804,7 +859,7 @@ class _Scheduler:
         pitch = store_row_words(g, Target.O, nt)
         mt = _ceil(rows, g.rows)
         if (pitch != _ceil(n1, g.bus_bytes) or mt * pitch > g.a_depth // 2 or 2 * _ceil(k, g.bus_bytes) > g.a_depth // 2
-                or nt * _ceil(k, g.bus_bytes) > g.b_depth // 2 or nt > g.p_depth // 2 or nt * g.rows > g.o_depth // 2):
+                or not self.weight_fits(nt * _ceil(k, g.bus_bytes)) or nt > g.p_depth // 2 or nt * g.rows > g.o_depth // 2):
             return None
         if any(r0 % g.rows for r0, _ in self.res_chunks(res)):
             return None
@@ -837,7 +892,7 @@ class _Scheduler:
         p_addr = self.const(self.param_lines(n1, c["bias"], c["m"], c["s"], ys.zero_point),
                             node.name + ".params", "params")
         p_sp = self.load_half(Target.P, p_addr, nt, 1, g.cols * RECORD_BYTES, True)
-        b_sp = self.load_half(Target.B, wm.addr, n1, lines, wm.stride, True)
+        b_sp = self.load_weight(wm.addr, n1, lines, wm.stride)
         xm = self.act(x)
         # inputs: a row tile at a time, two tiles' lines taken in turn in one half of A (each
         # tile starts as soon as its rows are in); outputs: the other half
@@ -896,7 +951,7 @@ class _Scheduler:
         p_addr = self.const(self.param_lines(ncols, c["bias"], c["m"], c["s"], ys.zero_point),
                             lin.name + ".params", "params")
         p_base = self.load_half(Target.P, p_addr, nt, 1, lineb, True)
-        b_sp = self.load_half(Target.B, wm.addr, ncols, lines, wm.stride, True)
+        b_sp = self.load_weight(wm.addr, ncols, lines, wm.stride)
         self.attribute(first, lin.name)
         xm = self.act(x)
 
@@ -1156,7 +1211,7 @@ class _Scheduler:
         rows = self.scores_chunk_rows(qk, _ceil(d, g.cols))
         lines = _ceil(n, g.bus_bytes)
         a_lines = max(lines, store_row_words(g, Target.V, _ceil(n, g.lanes)))   # also when STOREd into A
-        if (rows == 0 or _ceil(rows, g.rows) * a_lines > g.a_depth // 2 or _ceil(d, g.cols) * lines > g.b_depth // 2
+        if (rows == 0 or _ceil(rows, g.rows) * a_lines > g.a_depth // 2 or _ceil(d, g.cols) * lines > self.b_half
                 or _ceil(d, g.cols) > g.p_depth // 2 or (d * self.regions[av.output].ebytes) % g.bus_bytes):
             return None
         return av
@@ -1294,7 +1349,7 @@ class _Scheduler:
 
 
 def schedule(graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True,
-             blocking: str | None = None) -> ScheduledProgram:
+             blocking: str | None = None, weight_regions: bool | None = None) -> ScheduledProgram:
     """Lower ``graph`` onto ``config`` (an ``AcceleratorConfig``): instructions, memory plan,
     input/output placements and per-instruction node attribution. ``interleave``: reorder
     the instructions across nodes (:func:`vit2hw.reorder.reorder`); off, they stay node by node.
@@ -1306,14 +1361,17 @@ def schedule(graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bo
     GEMM blockings are chosen with both of ``tiling.choose_blocking``'s cost models (loads
     and GEMMs in series, or double-buffered overlap); the program with fewer cycles
     (``cyclemodel.program_cycles``; the first on a tie) is returned. ``blocking``
-    ("serial" or "overlap") uses that model only."""
+    ("serial" or "overlap") uses that model only. Each is also tried with B's two weight
+    regions (weights that fit one loaded there in turn, B's halves shrunk to the rest) unless
+    ``weight_regions`` says whether to use them."""
     graph.validate()
     if blocking not in (None, "serial", "overlap"):
         raise ValueError(f"blocking must be 'serial', 'overlap' or None, got {blocking!r}")
     best = None
     for overlap in ((False, True) if blocking is None else (blocking == "overlap",)):
-        sp = _Scheduler(graph, config, mem_latency, interleave, overlap).run()
-        cycles = program_cycles(sp.program, config, mem_latency)
-        if best is None or cycles < best[0]:
-            best = (cycles, sp)
+        for regions in ((False, True) if weight_regions is None else (bool(weight_regions),)):
+            sp = _Scheduler(graph, config, mem_latency, interleave, overlap, regions).run()
+            cycles = program_cycles(sp.program, config, mem_latency)
+            if best is None or cycles < best[0]:
+                best = (cycles, sp)
     return best[1]
