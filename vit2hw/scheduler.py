@@ -334,8 +334,8 @@ class _Scheduler:
         return self.load(target, ext_addr, rows, row_lines, spad, ext_stride)
 
     def weight_region_lines(self) -> int:
-        """Lines of each weight region: the largest whole weight (B operand) of which two fit
-        in three quarters of B, leaving the halves a quarter; 0 when none does."""
+        """Lines of each weight region: the largest whole linear weight (as B lines) of which
+        two fit in three quarters of B, leaving the halves a quarter; 0 when none does."""
         g = self.g
         sizes = [_ceil(n.consts["weight"].shape[0], g.bus_bytes) * _ceil(n.consts["weight"].shape[1], g.cols)
                  for n in self.graph.nodes.values() if n.op == "linear"]
@@ -687,8 +687,8 @@ class _Scheduler:
         """Rows per chunk of a GEMM whose result is MOVEd into V: a multiple of the array rows
         whose outputs (``nt`` column tiles) fit half of O, whose inputs (``lines`` per row) fit
         half of A and whose ``regions`` V regions of ``lpr`` lines per row fit half of V, with
-        the B operand (``nt`` tiles × ``lines``) in half of B and the parameters in half of P;
-        0 when no such chunk exists (or an O line is not whole V lines)."""
+        the B operand (``nt`` tiles × ``lines``) in half of B or a weight region and the
+        parameters in half of P; 0 when no such chunk exists (or an O line is not whole V lines)."""
         g = self.g
         if g.cols % g.lanes or not self.weight_fits(nt * lines) or nt > g.p_depth // 2:
             return 0
