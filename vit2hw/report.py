@@ -157,6 +157,10 @@ _TOP_REF = {"lanes": 16, "cols": 16, "dsp": 454, "lut": 101861, "ff": 56809, "br
 #: measured: what the drain's table copies and per-row record select added to that top
 #: (97 515 → 99 826 LUT, 55 925 → 55 936 FF), per array column
 _PER_COL = {"dsp": 0.0, "lut": (99826 - 97515) / 16, "ff": (55936 - 55925) / 16}
+#: measured since that top, per array column: the GEMM engine's ``bias_pairs`` line and bias
+#: select (GemmEngine of the default configuration alone, Yosys xc7: 51 407 → 51 985 LUT,
+#: 36 785 → 36 793 FF)
+_PER_COL_SINCE_TOP = {"dsp": 0.0, "lut": (51985 - 51407) / 16, "ff": (36793 - 36785) / 16}
 #: measured (Yosys synth_xilinx xc7, 16 lanes) since that top: the four-stage softmax
 #: (max_len 256; 7 588 LUT, 1 379 FF against 6 444 and 1 327 with two row buffers) and the
 #: two-buffer LayerNorm (1 024 channels; 12 085 LUT, 5 121 FF against 11 913 and 5 063); the
@@ -205,8 +209,8 @@ def estimate_resources(config) -> dict[str, Any]:
     ff_pe = array_ref["ff"] / array_ref["pes"]
     est = {
         "dsp": round(pes + 2 * cols + _PER_LANE["dsp"] * lanes),
-        "lut": round(lut_pe * pes + _PER_COL["lut"] * cols + _PER_LANE["lut"] * lanes),
-        "ff": round(ff_pe * pes + _PER_COL["ff"] * cols + _PER_LANE["ff"] * lanes),
+        "lut": round(lut_pe * pes + (_PER_COL["lut"] + _PER_COL_SINCE_TOP["lut"]) * cols + _PER_LANE["lut"] * lanes),
+        "ff": round(ff_pe * pes + (_PER_COL["ff"] + _PER_COL_SINCE_TOP["ff"]) * cols + _PER_LANE["ff"] * lanes),
         "bram": round(_spad_bram36(config) + _BRAM_PER_LANE * lanes, 1),
     }
     dev = config.target
@@ -219,7 +223,8 @@ def estimate_resources(config) -> dict[str, Any]:
                  + "; the drain tables per column and "
                  "everything else per vector lane from the measured whole default accelerator (454 DSP, "
                  "101861 LUT, 56809 FF, 168.5 BRAM36 with 16 columns and 16 lanes) plus the measured growth "
-                 "of its softmax and LayerNorm units since (1316 LUT, 110 FF); scratchpads as BRAM36, "
+                 "of its softmax and LayerNorm units (1316 LUT, 110 FF) and of the GEMM drain's paired-row "
+                 "bias select (36 LUT per column) since; scratchpads as BRAM36, "
                  "one copy per read port (A, B, P 1; O 2; V 3)",
         "device": dev.name, "estimate": est, "capacity": cap,
         "fraction": {k: round(est[k] / cap[k], 4) for k in est},
