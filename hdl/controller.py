@@ -23,7 +23,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, WAIT_FIELD, WAIT_POS,
+from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, WAIT_POS,
                         WDMA_TARGETS, Engine, Geometry, Op, engine_of, field_offsets)
 
 from .dma import ADDR_BITS
@@ -35,7 +35,7 @@ from .softmax import SoftmaxUnit
 from .vector import OP_LUT, OP_RESIDUAL, VectorUnit
 from .vecops import ceil_log2, const_write_signature
 
-__all__ = ["instr_layout", "Controller", "GemmEngine", "VectorEngine"]
+__all__ = ["instr_layout", "drain_context_layout", "Controller", "GemmEngine", "VectorEngine"]
 
 
 def instr_layout(op: Op) -> data.StructLayout:
@@ -55,7 +55,7 @@ def view(value, op: Op):
 class Controller(wiring.Component):
     """Program sequencer: fetches instructions in order and issues each to its engine.
 
-    An instruction issues once its engine is idle and every engine named in its ``wait``
+    An instruction issues once its engine can take it and every engine named in its ``wait``
     field (:data:`vit2hw.isa.WAIT_FIELD`) is idle; the sequencer then fetches the next one
     while the engines run (instructions come through their own memory port, so a fetch
     never waits for the DMA engine). FENCE and END wait for all engines.
@@ -77,6 +77,11 @@ class Controller(wiring.Component):
         The opcode of ``instr``.
     engine_busy : In(len(Engine))
         Busy flag of each engine, bit ``e`` for :class:`vit2hw.isa.Engine` ``e``.
+    accept_busy : In(len(Engine))
+        The engine cannot take an instruction now (the GEMM engine takes one while the
+        previous one drains; for the others this is ``engine_busy``).
+    older_busy : In(1)
+        A GEMM other than the latest one is not done (``wait`` bit 4).
     """
 
     def __init__(self):
@@ -85,12 +90,14 @@ class Controller(wiring.Component):
             "running": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
             "fetch_go": Out(1), "pc": Out(ADDR_BITS), "fetch_busy": In(1), "instr": In(INSTR_BITS),
             "go": Out(len(Engine)), "opcode": Out(OPCODE_BITS), "engine_busy": In(len(Engine)),
+            "accept_busy": In(len(Engine)), "older_busy": In(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         op = self.instr[:OPCODE_BITS]
-        wait = self.instr[WAIT_POS:WAIT_POS + WAIT_FIELD.bits]
+        wait = self.instr[WAIT_POS:WAIT_POS + len(Engine)]
+        wait_older = self.instr[WAIT_POS + len(Engine)]
         busy = self.engine_busy
         target = Signal(len(Engine))
         load_target = view(self.instr, Op.LOAD).target
@@ -134,11 +141,19 @@ class Controller(wiring.Component):
                 with m.Elif(op > max(Op)):
                     m.d.sync += [self.done.eq(1), self.error.eq(1), self.running.eq(0)]
                     m.next = "IDLE"
-                with m.Elif((busy & (target | wait)) == 0):
+                with m.Elif((((busy & wait) | (self.accept_busy & target)) == 0) & ~(wait_older & self.older_busy)):
                     m.d.comb += self.go.eq(target)
                     m.d.sync += self.pc.eq(self.pc + INSTR_BYTES)
                     m.next = "FETCH"
         return m
+
+
+def drain_context_layout() -> data.StructLayout:
+    """The GEMM fields the drain needs after the feed has moved on to the next GEMM."""
+    gemm = {f.name: f for f in FIELDS[Op.GEMM]}
+    names = ("m_tiles", "n_tiles", "o_addr", "p_addr", "row_params", "bias_per_row", "bias_pairs",
+             "out_bits", "out_signed", "bypass", "lut", "lut_bits")
+    return data.StructLayout({n: unsigned(gemm[n].bits) for n in names})
 
 
 class GemmEngine(wiring.Component):
@@ -151,6 +166,11 @@ class GemmEngine(wiring.Component):
     ``p_addr + m·n_tiles + j`` with ``bias_per_row``, ``p_addr + (m // 2)·n_tiles + j`` with
     ``bias_pairs`` too, odd rows taking the records' second bias). With ``lut`` every requantized code is
     looked up in the engine's copies of LUT_TABLE (written through ``lut_wr``) before O.
+
+    The engine takes the next GEMM while the previous one drains: ``accept_busy`` is high
+    while it feeds or while two GEMMs are not done (two drain contexts);
+    ``busy`` while any row is not yet in O; ``older_busy`` while a GEMM other than the
+    latest one is not yet done (the ``wait`` bit :data:`vit2hw.isa.WAIT_OLDER_GEMM`).
     """
 
     def __init__(self, geometry: Geometry, acc_bits: int = 32, tag_bits: int = 8):
@@ -158,7 +178,7 @@ class GemmEngine(wiring.Component):
         self.acc_bits, self.tag_bits = acc_bits, tag_bits
         wbits = g.bus_bytes * 8
         super().__init__({
-            "go": In(1), "instr": In(INSTR_BITS), "busy": Out(1),
+            "go": In(1), "instr": In(INSTR_BITS), "busy": Out(1), "accept_busy": Out(1), "older_busy": Out(1),
             "a_rd": Out(read_port_signature(wbits, g.a_depth, g.rows)),
             "b_rd": Out(read_port_signature(wbits, g.b_depth, g.cols)),
             "p_rd": Out(read_port_signature(g.cols * RECORD_BYTES * 8, g.p_depth, 1)),
@@ -213,28 +233,55 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 m.d.comb += k_n.eq(k + 1)
 
+        # ---- drain contexts: the engine takes the next GEMM once it has fed this one's last
+        # beat, so rows of one instruction may still leave the array while the next one
+        # feeds. Each instruction's drain-side fields go to one of two context registers at
+        # issue; the drain walks its rows in order and moves to the other context after an
+        # instruction's last row. A third GEMM waits until the oldest one is done
+        # (accept_busy), so a context is never overwritten while in use and at most two GEMMs
+        # are ever in flight (vit2hw.hazards tracks both).
+        nonempty = (cfg.m_tiles != 0) & (cfg.n_tiles != 0) & (cfg.k_beats != 0)
+        ctx = [Signal(drain_context_layout(), name=f"ctx{i}") for i in range(2)]
+        f_slot = Signal()
+        d_slot = Signal()
+        with m.If(self.go & nonempty):
+            for i in range(2):
+                with m.If(f_slot == i):
+                    m.d.sync += [getattr(ctx[i], f).eq(getattr(cfg, f)) for f in drain_context_layout().members]
+            m.d.sync += f_slot.eq(~f_slot)
+        dc = Signal(drain_context_layout())   # the context of the row leaving now
+        nc = Signal(drain_context_layout())   # ... of the next row to leave
+        m.d.comb += dc.eq(Mux(d_slot, ctx[1], ctx[0]))
+
         # ---- drain: parameters and O address of each row leaving the array
+        d_i, d_i_n = Signal(16), Signal(16)
         d_j, d_j_n = Signal(16), Signal(16)
         d_rowoff, d_rowoff_n = Signal(24), Signal(24)
         o_ptr, o_ptr_n = Signal(24), Signal(24)
         cur = Signal(24)
-        m.d.comb += [d_j_n.eq(d_j), d_rowoff_n.eq(d_rowoff), o_ptr_n.eq(o_ptr)]
-        m.d.sync += [d_j.eq(d_j_n), d_rowoff.eq(d_rowoff_n), o_ptr.eq(o_ptr_n)]
+        m.d.comb += [d_i_n.eq(d_i), d_j_n.eq(d_j), d_rowoff_n.eq(d_rowoff), o_ptr_n.eq(o_ptr)]
+        m.d.sync += [d_i.eq(d_i_n), d_j.eq(d_j_n), d_rowoff.eq(d_rowoff_n), o_ptr.eq(o_ptr_n)]
         m.d.comb += cur.eq(Mux(ra.drain_row == 0, d_rowoff + d_j, o_ptr))
-        with m.If(self.go):
-            m.d.comb += [d_j_n.eq(0), d_rowoff_n.eq(0), o_ptr_n.eq(0)]
+        tile_end = ra.drain_valid & (ra.drain_row == R - 1)
+        instr_end = Signal()
+        m.d.comb += instr_end.eq(tile_end & (d_j == dc.n_tiles - 1) & (d_i == dc.m_tiles - 1))
+        m.d.comb += nc.eq(Mux(d_slot ^ instr_end, ctx[1], ctx[0]))
+        with m.If(instr_end):
+            m.d.sync += d_slot.eq(~d_slot)
+            m.d.comb += [d_i_n.eq(0), d_j_n.eq(0), d_rowoff_n.eq(0), o_ptr_n.eq(0)]
         with m.Elif(ra.drain_valid):
-            m.d.comb += o_ptr_n.eq(cur + cfg.n_tiles)
+            m.d.comb += o_ptr_n.eq(cur + dc.n_tiles)
             with m.If(ra.drain_row == R - 1):
-                with m.If(d_j == cfg.n_tiles - 1):
-                    m.d.comb += [d_j_n.eq(0), d_rowoff_n.eq(d_rowoff + cfg.n_tiles * R)]
+                with m.If(d_j == dc.n_tiles - 1):
+                    m.d.comb += [d_j_n.eq(0), d_i_n.eq(d_i + 1), d_rowoff_n.eq(d_rowoff + dc.n_tiles * R)]
                 with m.Else():
                     m.d.comb += d_j_n.eq(d_j + 1)
         # P is read one cycle ahead of the drain: rows leave in order 0..R-1 on consecutive
         # cycles, so after row r < R-1 comes row r+1 (at o_ptr_n), otherwise the next row
-        # to leave, whenever it does, is row 0 of the tile (d_rowoff_n, d_j_n)
+        # to leave, whenever it does, is row 0 of the next tile (d_rowoff_n, d_j_n), of the
+        # next instruction after the last tile (all counters 0, context nc)
         cur_n = Signal(24)
-        same_tile = ra.drain_valid & (ra.drain_row != R - 1) & ~self.go
+        same_tile = ra.drain_valid & (ra.drain_row != R - 1)
         m.d.comb += cur_n.eq(Mux(same_tile, o_ptr_n, d_rowoff_n + d_j_n))
         # bias_pairs: rows 2i and 2i+1 of the instruction share P line i·n_tiles + j. With an
         # even R a tile's row r has the parity of r, and its pair offset (r // 2)·n_tiles
@@ -243,52 +290,58 @@ class GemmEngine(wiring.Component):
         m.d.comb += pr_off_n.eq(pr_off)
         m.d.sync += pr_off.eq(pr_off_n)
         pr_cur = Mux(ra.drain_row == 0, 0, pr_off)
-        with m.If(self.go):
+        with m.If(instr_end):
             m.d.comb += pr_off_n.eq(0)
         with m.Elif(ra.drain_valid):
-            m.d.comb += pr_off_n.eq(pr_cur + Mux(ra.drain_row[0], cfg.n_tiles, 0))
+            m.d.comb += pr_off_n.eq(pr_cur + Mux(ra.drain_row[0], dc.n_tiles, 0))
         pair_n = Signal(24)
         m.d.comb += pair_n.eq(Mux(same_tile, (d_rowoff >> 1) + d_j + pr_off_n,
                                   (d_rowoff_n >> 1) + d_j_n))
         odd_row = Signal()
-        m.d.comb += odd_row.eq(cfg.bias_pairs & ra.drain_row[0] if R % 2 == 0 else 0)
+        m.d.comb += odd_row.eq(dc.bias_pairs & ra.drain_row[0] if R % 2 == 0 else 0)
         # row_params: rows leave in order 0, 1, 2, ... (one column tile), row r taking record
         # r % C of P line r // C; (rp_line, rp_rec) is the next row to leave
         rp_line, rp_line_n = Signal(24), Signal(24)
         rp_rec, rp_rec_n = Signal(range(C)), Signal(range(C))
         m.d.comb += [rp_line_n.eq(rp_line), rp_rec_n.eq(rp_rec)]
         m.d.sync += [rp_line.eq(rp_line_n), rp_rec.eq(rp_rec_n)]
-        with m.If(self.go):
+        with m.If(instr_end):
             m.d.comb += [rp_line_n.eq(0), rp_rec_n.eq(0)]
         with m.Elif(ra.drain_valid):
             with m.If(rp_rec == C - 1):
                 m.d.comb += [rp_rec_n.eq(0), rp_line_n.eq(rp_line + 1)]
             with m.Else():
                 m.d.comb += rp_rec_n.eq(rp_rec + 1)
-        m.d.comb += self.p_rd.addr.eq(cfg.p_addr + Mux(cfg.row_params, rp_line_n,
-                                                       Mux(cfg.bias_per_row, Mux(cfg.bias_pairs, pair_n, cur_n),
-                                                           d_j_n)))
+        m.d.comb += self.p_rd.addr.eq(nc.p_addr + Mux(nc.row_params, rp_line_n,
+                                                      Mux(nc.bias_per_row, Mux(nc.bias_pairs, pair_n, cur_n),
+                                                          d_j_n)))
         rec_bits = RECORD_BYTES * 8
         prm = self.p_rd.data[0]
         row_rec = Signal(rec_bits)
         m.d.comb += row_rec.eq(prm.word_select(rp_rec, rec_bits))
         for c in range(C):
-            rec = Mux(cfg.row_params, row_rec, prm[c * rec_bits:(c + 1) * rec_bits])
+            rec = Mux(dc.row_params, row_rec, prm[c * rec_bits:(c + 1) * rec_bits])
             col = ra.params.col[c]
             m.d.comb += [col.bias.eq(Mux(odd_row, rec[96:128], rec[0:32])), col.m.eq(rec[32:48]), col.s.eq(rec[48:54]),
                          col.zp.eq(rec[64:80])]
-        m.d.comb += [ra.params.out_bits.eq(cfg.out_bits), ra.params.out_signed.eq(cfg.out_signed),
-                     ra.params.bypass.eq(cfg.bypass)]
-        # the row's O address travels alongside the requantizer pipeline
+        m.d.comb += [ra.params.out_bits.eq(dc.out_bits), ra.params.out_signed.eq(dc.out_signed),
+                     ra.params.bypass.eq(dc.bypass)]
+        # the row's O address, lookup flag and end-of-instruction mark travel alongside the
+        # requantizer pipeline
         addr_pipe = [Signal(24, name=f"oaddr{i}") for i in range(REQUANT_LATENCY)]
-        m.d.sync += addr_pipe[0].eq(cfg.o_addr + cur)
+        lut_pipe = [Signal(name=f"olut{i}") for i in range(REQUANT_LATENCY)]
+        lbits_pipe = [Signal(4, name=f"olbits{i}") for i in range(REQUANT_LATENCY)]
+        end_pipe = [Signal(name=f"oend{i}") for i in range(REQUANT_LATENCY)]
+        m.d.sync += [addr_pipe[0].eq(dc.o_addr + cur), lut_pipe[0].eq(dc.lut), lbits_pipe[0].eq(dc.lut_bits),
+                     end_pipe[0].eq(instr_end)]
         for i in range(1, REQUANT_LATENCY):
-            m.d.sync += addr_pipe[i].eq(addr_pipe[i - 1])
+            m.d.sync += [addr_pipe[i].eq(addr_pipe[i - 1]), lut_pipe[i].eq(lut_pipe[i - 1]),
+                         lbits_pipe[i].eq(lbits_pipe[i - 1]), end_pipe[i].eq(end_pipe[i - 1])]
         # optional table lookup of every requantized code (e.g. GELU fused into the layer that
         # feeds it): one copy of LUT_TABLE per column, read combinationally from the
         # requantizer's output register, so the drain keeps its latency and the cycle model
         # is unchanged
-        lut_offset = (Const(1, 9) << cfg.lut_bits) >> 1
+        lut_offset = (Const(1, 9) << lbits_pipe[-1]) >> 1
         lanes = []
         for c in range(C):
             table = memory.Memory(shape=signed(16), depth=256, init=[])
@@ -299,11 +352,15 @@ class GemmEngine(wiring.Component):
             y = ra.o.payload.y[c]
             m.d.comb += rp.addr.eq((y[:8] + lut_offset)[:8])
             lane = Signal(signed(32), name=f"drain{c}")
-            m.d.comb += lane.eq(Mux(cfg.lut, rp.data, y))
+            m.d.comb += lane.eq(Mux(lut_pipe[-1], rp.data, y))
             lanes.append(lane)
         m.d.comb += [self.o_wr.en.eq(ra.o.valid), self.o_wr.addr.eq(addr_pipe[-1]),
                      self.o_wr.data.eq(Cat(*lanes))]
-        m.d.comb += self.busy.eq(feeding | ra.busy)
+        # GEMMs whose last row is not yet in O; a context is free again once its GEMM is done
+        in_flight = Signal(range(3))
+        m.d.sync += in_flight.eq(in_flight + (self.go & nonempty) - (ra.o.valid & end_pipe[-1]))
+        m.d.comb += [self.busy.eq(feeding | ra.busy), self.accept_busy.eq(feeding | (in_flight == 2)),
+                     self.older_busy.eq(in_flight == 2)]
         return m
 
 

@@ -103,6 +103,8 @@ class Accelerator(wiring.Component):
             gemm.go.eq(go_gemm), vec.go.eq(go_vec),
             gemm.instr.eq(held["gemm"]), vec.instr.eq(held["vec"]),
             ctrl.engine_busy.eq(Cat(*engine_busy)),
+            ctrl.accept_busy.eq(Cat(*[gemm.accept_busy if e == Engine.GEMM else engine_busy[e] for e in Engine])),
+            ctrl.older_busy.eq(gemm.older_busy),
             bus.sel.eq(0),
         ]
         # the DMA engine runs one transfer at a time, so the data port has one user

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hdl.config import AcceleratorConfig
 from vit2hw import cyclemodel as cm
 from vit2hw.hazards import accesses, conflicts
-from vit2hw.isa import Assembler, Engine, Geometry, Instruction, Op, Target
+from vit2hw.isa import WAIT_OLDER_GEMM, Assembler, Engine, Geometry, Instruction, Op, Target
 
 SMALL = AcceleratorConfig(name="small4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
                           weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
@@ -32,15 +32,18 @@ def test_gemm_waits_for_its_operand_load_and_store_for_the_gemm():
 
 
 def test_disjoint_halves_do_not_wait():
-    """A LOAD into lines the running GEMM does not read, and a STORE of O lines it does not
-    write, carry no wait: that is what lets DMA overlap compute."""
+    """A LOAD into lines the running GEMM does not read carries no wait, and a STORE of O
+    lines the latest GEMM does not write waits at most for the older GEMM, which may still be
+    draining (``WAIT_OLDER_GEMM``), not for the latest: that is what lets DMA overlap compute.
+    A STORE of lines neither GEMM writes waits for nothing."""
     def prog(asm):
         asm.load(Target.A, 0x100, 4, 2, 0)
         asm.gemm(4, 4, 8, a_addr=0, b_addr=0, o_addr=0, p_addr=0)
         asm.load(Target.A, 0x200, 4, 2, 8)                       # other A lines
         asm.gemm(4, 4, 8, a_addr=8, b_addr=0, o_addr=4, p_addr=0)
         asm.store(Target.O, 0x400, 4, 1, 0, row_elems=4)        # the first GEMM's O lines
-    assert _waits(prog) == [0, DMA, 0, DMA, 0, 0]
+        asm.store(Target.O, 0x400, 4, 1, 8, row_elems=4)        # lines no GEMM writes
+    assert _waits(prog) == [0, DMA, 0, DMA, WAIT_OLDER_GEMM, 0, 0]
 
 
 def test_war_on_a_scratchpad_and_the_v_write_ports():
@@ -94,14 +97,17 @@ def test_timeline_overlaps_independent_engines_and_serializes_dependent_ones():
 
 def test_table_and_row_parameter_reads_of_a_gemm():
     """A GEMM with a fused table lookup reads LUT_TABLE: a LOAD of a new table waits for it,
-    while a plain GEMM leaves the table free. With row_params the GEMM reads one P line per
+    while a plain GEMM leaves the table free (the LOAD after it waits only for the older,
+    table-reading GEMM, which may still drain). With row_params the GEMM reads one P line per
     `cols` output rows, so a LOAD into the P line after those waits for nothing."""
     def prog(asm):
         asm.gemm(4, 4, 8, a_addr=0, b_addr=0, o_addr=0, p_addr=0, lut_bits=8)
         asm.load_const(Target.LUT_TABLE, 0x800, 256)                        # WAR on the table: waits
         asm.gemm(4, 4, 8, a_addr=0, b_addr=0, o_addr=4, p_addr=0)
-        asm.load_const(Target.LUT_TABLE, 0x900, 256)                        # plain GEMM: no wait
-    assert _waits(prog) == [0, GEMM, 0, 0, 0]
+        asm.load_const(Target.LUT_TABLE, 0x900, 256)                        # only the older GEMM
+        asm.gemm(4, 4, 8, a_addr=0, b_addr=0, o_addr=8, p_addr=0)
+        asm.load_const(Target.LUT_TABLE, 0xa00, 256)                        # two plain GEMMs: no wait
+    assert _waits(prog) == [0, GEMM, 0, WAIT_OLDER_GEMM, 0, 0, 0]
     gemm = Instruction.make(Op.GEMM, m_tiles=3, n_tiles=1, k_beats=8, p_addr=5, row_params=1)
     reads, _ = accesses(gemm, G)
     assert [(s.space, s.lo, s.hi) for s in reads if s.space == "P"] == [("P", 5, 8)]   # 12 rows / 4 per line

@@ -24,9 +24,9 @@ from hdl.emit import write_verilog
 from hdl.top import Accelerator
 from sim.runner import run_cocotb
 from vit2hw import intops as I
-from vit2hw.cyclemodel import program_cycles
-from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, Assembler, Geometry, GemmMode, Program,
-                        SoftmaxMode, Target, pack_records, pack_rows, store_row_words)
+from vit2hw.cyclemodel import program_cycles, timeline
+from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, WAIT_OLDER_GEMM, Assembler, Geometry,
+                        GemmMode, Op, Program, SoftmaxMode, Target, pack_records, pack_rows, store_row_words)
 
 SMALL = AcceleratorConfig(name="small4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
                           weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
@@ -74,24 +74,13 @@ def _param_lines(g: Geometry, n: int, bias, m, s, zp, bias1=0) -> tuple[bytes, i
     return pack_records(PARAM_RECORD, cols, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp), bias1=pad(bias1)), nt
 
 
-def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm",
-              out_ebytes: int = 1, bias_per_row: bool = False, lut_bits: int = 0,
-              row_params: bool = False, forward_softmax: bool = False,
-              softmax_from_o: SoftmaxMode | None = None, bias_pairs: bool = False) -> Case:
-    """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it.
-
-    ``out_ebytes`` 1/2 requantizes to int8/int16; 4 is the bypass (raw int32 ``acc + bias``).
-    ``bias_per_row`` uses one bias per output element (P line per row and column tile);
-    ``bias_pairs`` packs two rows to a P line (the odd row's bias in ``bias1``).
-    ``lut_bits``: requantize to that many bits and look every code up in a GELU table
-    (loaded into LUT_TABLE) on the way into O; the int16 values are stored.
-    ``row_params``: one requantization record per output row (``n`` ≤ cols), ``cols`` to a P line.
-    ``forward_softmax``: int16 scores MOVEd from O into V (no STORE/LOAD), log2 softmax there;
-    both the moved scores and the codes are stored and checked.
-    ``softmax_from_o``: int16 scores normalized by a SOFTMAX that reads them in O (no MOVE)
-    in that mode; the scores (from O) and the probabilities (from V) are stored and checked."""
-    g = Geometry.from_config(cfg)
-    asm, mem = Assembler(g), Layout()
+def _gemm_setup(g: Geometry, asm: Assembler, mem: Layout, rng, m: int, k: int, n: int,
+                mode: GemmMode = GemmMode.MUL8, out_ebytes: int = 1, bias_per_row: bool = False,
+                lut_bits: int = 0, row_params: bool = False, bias_pairs: bool = False,
+                a_sp: int = 0, b_sp: int = 0, p_sp: int = 0):
+    """Operands, parameters and expected result of one GEMM (see :func:`gemm_case`): the data
+    is placed in external memory, LOADed into A/B/P from lines ``a_sp``/``b_sp``/``p_sp``.
+    Returns ``(want, gemm_fields, out_addr, out_row, nt)``; ``gemm_fields`` lack ``o_addr``."""
     wb = g.bus_bytes
     if mode == GemmMode.SHIFT:
         x = rng.integers(0, 16, (m, k))                      # log2 codes, 15 = zero
@@ -161,12 +150,37 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     out_row = nt * g.words_per_line(Target.O, out_ebytes) * wb
     ya = mem.take(m * out_row)
 
-    asm.load(Target.A, xa, m, lines, 0)
-    asm.load(Target.B, wa, n, lines, 0)
-    asm.load(Target.P, pa, p_lines, 1, 0)
-    asm.gemm(m, n, k_beats, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=min(out_bits, 32), mode=mode,
-             bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits, row_params=row_params,
-             bias_pairs=bias_pairs)
+    asm.load(Target.A, xa, m, lines, a_sp)
+    asm.load(Target.B, wa, n, lines, b_sp)
+    asm.load(Target.P, pa, p_lines, 1, p_sp)
+    fields = dict(m=m, n=n, k_beats=k_beats, a_addr=a_sp, b_addr=b_sp, p_addr=p_sp, out_bits=min(out_bits, 32),
+                  mode=mode, bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits,
+                  row_params=row_params, bias_pairs=bias_pairs)
+    return want, fields, ya, out_row, nt
+
+
+def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm",
+              out_ebytes: int = 1, bias_per_row: bool = False, lut_bits: int = 0,
+              row_params: bool = False, forward_softmax: bool = False,
+              softmax_from_o: SoftmaxMode | None = None, bias_pairs: bool = False) -> Case:
+    """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it.
+
+    ``out_ebytes`` 1/2 requantizes to int8/int16; 4 is the bypass (raw int32 ``acc + bias``).
+    ``bias_per_row`` uses one bias per output element (P line per row and column tile);
+    ``bias_pairs`` packs two rows to a P line (the odd row's bias in ``bias1``).
+    ``lut_bits``: requantize to that many bits and look every code up in a GELU table
+    (loaded into LUT_TABLE) on the way into O; the int16 values are stored.
+    ``row_params``: one requantization record per output row (``n`` ≤ cols), ``cols`` to a P line.
+    ``forward_softmax``: int16 scores MOVEd from O into V (no STORE/LOAD), log2 softmax there;
+    both the moved scores and the codes are stored and checked.
+    ``softmax_from_o``: int16 scores normalized by a SOFTMAX that reads them in O (no MOVE)
+    in that mode; the scores (from O) and the probabilities (from V) are stored and checked."""
+    g = Geometry.from_config(cfg)
+    asm, mem = Assembler(g), Layout()
+    want, fields, ya, out_row, nt = _gemm_setup(g, asm, mem, rng, m, k, n, mode, out_ebytes, bias_per_row,
+                                                lut_bits, row_params, bias_pairs)
+    wb = g.bus_bytes
+    asm.gemm(o_addr=0, **fields)
     if softmax_from_o is not None:
         lpr = _ceil(n, g.lanes)
         c_row = lpr * g.words_per_line(Target.V, 1) * wb
@@ -195,6 +209,46 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     asm.store(Target.O, ya, m, nt, 0, row_elems=n, ebytes=out_ebytes)
     case = Case(name, asm.end())
     case.expect("Y", ya, want, out_ebytes, out_row)
+    return case
+
+
+def back_to_back_gemms_case(cfg, rng) -> Case:
+    """Four GEMMs issued back to back, each taken while the one before drains: different K
+    (one below the rows, one of a single beat), output formats (int16, int8 with paired-row
+    biases, per-row parameters, raw int32) and parameter layouts, each in its own A/B/P/O
+    lines. The first result's STORE comes after the second GEMM, so it waits only for the
+    older GEMM (``WAIT_OLDER_GEMM``); the others come after the last GEMM."""
+    g = Geometry.from_config(cfg)
+    asm, mem = Assembler(g), Layout()
+    specs = [dict(m=6, k=9, n=7, out_ebytes=2), dict(m=7, k=2, n=4, bias_pairs=True),
+             dict(m=11, k=7, n=3, row_params=True), dict(m=4, k=1, n=5, out_ebytes=4)]
+    a_sp = b_sp = p_sp = o_sp = 0
+    done = []
+    for spec in specs:
+        want, fields, ya, out_row, nt = _gemm_setup(g, asm, mem, rng, a_sp=a_sp, b_sp=b_sp, p_sp=p_sp, **spec)
+        m, lines = spec["m"], _ceil(fields["k_beats"], g.bus_bytes)
+        mt = _ceil(m, g.rows)
+        done.append((want, fields, ya, out_row, nt, o_sp, spec.get("out_ebytes", 1)))
+        a_sp += mt * lines
+        b_sp += _ceil(spec["n"], g.cols) * lines
+        p_sp += (_ceil(mt * g.rows, g.cols) if spec.get("row_params")
+                 else mt * g.rows // 2 * nt if spec.get("bias_pairs") else nt)
+        o_sp += mt * g.rows * nt
+    assert a_sp <= g.a_depth and b_sp <= g.b_depth and p_sp <= g.p_depth and o_sp <= g.o_depth
+
+    def store(i):
+        want, fields, ya, out_row, nt, o, eb = done[i]
+        asm.store(Target.O, ya, fields["m"], nt, o, row_elems=fields["n"], ebytes=eb)
+
+    for i, (_, fields, _, _, _, o, _) in enumerate(done):
+        asm.gemm(o_addr=o, **fields)
+        if i == 1:
+            store(0)
+    for i in range(1, len(done)):
+        store(i)
+    case = Case("back_to_back_gemms", asm.end())
+    for i, (want, fields, ya, out_row, nt, o, eb) in enumerate(done):
+        case.expect(f"Y{i}", ya, want, eb, out_row)
     return case
 
 
@@ -474,6 +528,22 @@ def test_top_more_ops_slow_memory(tmp_path):
     table lookup are bit-exact with a 3-cycle memory,
     and the cycle model still matches exactly."""
     _run(tmp_path, SMALL, _more_cases(np.random.default_rng(9)), latency=3)
+
+
+def test_top_gemms_overlap_previous_drain(tmp_path):
+    """A GEMM issues while the previous one drains (two drain contexts, each with its own O
+    address, parameters and format) and a STORE waits only for the older GEMM: every result
+    is bit-exact and the RTL takes exactly the modelled cycles, with a 1- and a 3-cycle memory.
+    The program must really overlap, or the test would not exercise the contexts."""
+    rng = np.random.default_rng(21)
+    case = back_to_back_gemms_case(SMALL, rng)
+    tl = timeline(case.program, SMALL)
+    gemms = [i for i, ins in enumerate(tl.instructions) if ins.op == Op.GEMM]
+    assert sum(tl.issue[b] < tl.finish[a] for a, b in zip(gemms, gemms[1:])) >= 2
+    assert any(ins.get("wait") & WAIT_OLDER_GEMM for ins in tl.instructions)
+    for latency, c in ((1, case), (3, back_to_back_gemms_case(SMALL, np.random.default_rng(22)))):
+        (tmp_path / f"lat{latency}").mkdir()
+        _run(tmp_path / f"lat{latency}", SMALL, [c], latency=latency)
 
 
 def test_top_row_params_cross_p_lines_inside_a_tile(tmp_path):

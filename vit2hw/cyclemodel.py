@@ -1,9 +1,10 @@
 """Cycle model of the accelerator: exact cycles of every instruction and of a program.
 
 The sequencer (``hdl/controller.py``) fetches instructions in order and issues each to
-its engine (DMA, GEMM or vector) once that engine and every engine in the instruction's
-``wait`` field are idle; instructions come through their own memory port, so a fetch never
-waits for the DMA engine.
+its engine (DMA, GEMM, vector or weight DMA) once that engine can take it and every engine
+in the instruction's ``wait`` field is idle; instructions come through their own memory
+port, so a fetch never waits for the DMA engine. The GEMM engine takes the next GEMM while
+the previous one drains (:class:`Sequencer`).
 :func:`timeline` replays exactly that: per instruction the fetch, issue and finish cycle,
 from the engines' busy times (closed forms from the array / vector-unit formulas below and
 the memory's read latency). The cocotb test of the top level (``tests/test_hdl_top.py``)
@@ -26,7 +27,8 @@ from __future__ import annotations
 from vit2hw.intops import EXP_FRAC, PROB_MAX, PROB_RECIP_SHIFT
 from dataclasses import dataclass
 
-from vit2hw.isa import INSTR_BYTES, Engine, Geometry, GemmMode, Instruction, Op, Program, SoftmaxMode, instr_engine
+from vit2hw.isa import (INSTR_BYTES, WAIT_OLDER_GEMM, Engine, Geometry, GemmMode, Instruction, Op, Program,
+                        SoftmaxMode, instr_engine)
 
 __all__ = [
     "REQUANT_LATENCY", "move_cycles", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",
@@ -152,8 +154,10 @@ class Timeline:
 
     ``issue[i]`` is the cycle the sequencer started instruction ``i``'s engine (for END and
     FENCE: the cycle it found every engine idle); the engine is busy from ``issue + 1``
-    and free again at ``finish[i]`` (``issue + 1 + engine_cycles``). ``total`` is END's
-    issue cycle, the RTL's ``cycles`` count. ``instructions`` includes the final END.
+    and free again at ``finish[i]`` (``issue + 1 + engine_cycles``; for a GEMM that
+    overlaps the drain of the one before, the cycle its own last row is through the
+    requantizer). ``total`` is END's issue cycle, the RTL's ``cycles`` count.
+    ``instructions`` includes the final END.
     """
     instructions: tuple[Instruction, ...]
     fetch: tuple[int, ...]
@@ -176,39 +180,82 @@ class Timeline:
 class Sequencer:
     """The issue rules of ``hdl/controller.py`` as state: when the next instruction is fetched
     and issued, given when each engine is free. :func:`timeline` replays a program with it;
-    :mod:`vit2hw.reorder` asks it which candidate would issue first."""
+    :mod:`vit2hw.reorder` asks it which candidate would issue first.
+
+    An engine takes its next instruction once it is free (``accept``); a ``wait`` bit, END
+    and FENCE need the named engine idle (``free``). The two differ for the GEMM engine only:
+    it takes the next GEMM as soon as it has fed the last beat of the current one's last
+    tile and the GEMM before that is done (two drain contexts), so the
+    next instruction's tiles follow the previous ones at the array's own tile spacing
+    (``max(beats, R)``, the last beats of consecutive tiles at least ``R`` cycles apart)
+    while the previous rows drain.
+    """
 
     def __init__(self, g: Geometry, mem_latency: int = DEFAULT_MEM_LATENCY):
+        self.g = g
+        self.lat = mem_latency
         self.fc = fetch_cycles(g, mem_latency)
-        self.free = {e: 0 for e in Engine}   # first cycle at which the engine's busy is low
-        self.t = 1                           # the sequencer enters FETCH the cycle after start
+        self.free = {e: 0 for e in Engine}     # first cycle at which the engine's busy is low
+        self.accept = {e: 0 for e in Engine}   # first cycle at which it may take the next one
+        self.t = 1                             # the sequencer enters FETCH the cycle after start
+        self._last_beat: int | None = None     # cycle the array took the latest tile's last beat
+        self.older_free = 0                    # cycle every GEMM but the latest is done
 
     def fetch_cycle(self) -> int:
         """When the next fetch begins: the cycle after the previous issue (instructions have
         their own memory port, so a running transfer does not hold the fetch back)."""
         return self.t
 
-    def issue_cycle(self, engine: Engine | None, waits=()) -> int:
+    def issue_cycle(self, engine: Engine | None, waits=(), older_gemm: bool = False) -> int:
         """When an instruction for ``engine`` (None: END/FENCE, which wait for every engine)
-        waiting for the engines ``waits`` would issue if it were fetched next."""
+        waiting for the engines ``waits`` (and, with ``older_gemm``, for every GEMM but the
+        latest: :data:`~vit2hw.isa.WAIT_OLDER_GEMM`) would issue if it were fetched next."""
         ready = self.fetch_cycle() + self.fc - 1
         if engine is None:
             return max(ready, *self.free.values())
-        return max(ready, self.free[engine], *(self.free[e] for e in waits))
+        return max(ready, self.accept[engine], self.older_free if older_gemm else 0,
+                   *(self.free[e] for e in waits))
 
-    def issue(self, engine: Engine | None, x: int, busy: int) -> int:
-        """Record the issue at cycle ``x`` of an instruction keeping ``engine`` busy ``busy``
-        cycles; returns the cycle the engine is free again (``x`` for END/FENCE)."""
+    def issue(self, instr: Instruction, x: int) -> int:
+        """Record the issue of ``instr`` at cycle ``x``; returns the cycle its engine is free
+        again (``x`` for END/FENCE)."""
         self.t = x + 1
+        engine = instr_engine(instr)
         if engine is None:
             return x
-        self.free[engine] = x + 1 + busy
+        if instr.op == Op.GEMM:
+            return self._issue_gemm(instr, x)
+        self.free[engine] = self.accept[engine] = x + 1 + engine_cycles(instr, self.g, self.lat)
         return self.free[engine]
+
+    def _issue_gemm(self, instr: Instruction, x: int) -> int:
+        e = Engine.GEMM
+        tiles = instr["m_tiles"] * instr["n_tiles"]
+        k = instr["k_beats"]
+        if tiles == 0 or k == 0:           # feeds nothing: the engine's state is unchanged
+            self.free[e] = max(self.free[e], x + 1)
+            self.accept[e] = max(self.accept[e], x + 1)
+            return self.free[e]
+        R, C = self.g.rows, self.g.cols
+        beats = k                          # array beats per tile (K, or K/2 packed: the field says beats)
+        # the first beat is offered the cycle after issue; a tile's last beat waits until R
+        # cycles after the previous tile's (hdl.systolic), whichever instruction that was
+        first_last = x + beats if self._last_beat is None else max(x + beats, self._last_beat + R)
+        last = first_last + (tiles - 1) * max(beats, R)
+        drain_end = last + 2 * R + C + 1          # its last row leaves the array
+        # the next GEMM needs the feed free and the one before this done (two contexts)
+        self.accept[e] = max(last + 1, self.free[e])
+        self.older_free = self.free[e]
+        self._last_beat = last
+        self.free[e] = drain_end + 1 + REQUANT_LATENCY
+        return self.free[e]
 
 
 def timeline(program: Program, config, mem_latency: int = DEFAULT_MEM_LATENCY) -> Timeline:
     """Replay the sequencer on ``program`` (up to and including its first END; one is
-    appended if missing), as ``hdl/controller.py`` runs it."""
+    appended if missing), as ``hdl/controller.py`` runs it. ``busy`` of a GEMM counts only
+    the cycles it adds to the GEMM engine's busy time (the part not overlapping the GEMM
+    before it), so the busy cycles of an engine add up to the time it was busy."""
     g = _geometry(config)
     instrs = []
     for ins in program.instructions:
@@ -222,12 +269,13 @@ def timeline(program: Program, config, mem_latency: int = DEFAULT_MEM_LATENCY) -
     for ins in instrs:
         eng = instr_engine(ins)
         waits = [e for e in Engine if (ins.get("wait") >> int(e)) & 1]
-        b = engine_cycles(ins, g, mem_latency) if eng is not None else 0
         fetch.append(seq.fetch_cycle())
-        x = seq.issue_cycle(eng, waits)
-        finish.append(seq.issue(eng, x, b))
+        x = seq.issue_cycle(eng, waits, bool(ins.get("wait") & WAIT_OLDER_GEMM))
+        before = seq.free[eng] if eng is not None else 0
+        f = seq.issue(ins, x)
+        finish.append(f)
         issue.append(x)
-        busy.append(b)
+        busy.append(0 if eng is None else max(0, f - max(x + 1, before)))
     return Timeline(tuple(instrs), tuple(fetch), tuple(issue), tuple(finish), tuple(busy), issue[-1])
 
 

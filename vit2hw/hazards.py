@@ -5,7 +5,8 @@ concurrently while the sequencer issues instructions in program order, each once
 engine is free. An instruction must therefore also wait for another engine when that
 engine's *latest* instruction (the only one of it that can still be running: an engine
 runs one instruction at a time, and every earlier one of it finished before the latest
-started) touches the same storage with at least one of the two writing, or when both write
+started; the GEMM engine's latest two, as it takes a GEMM while the previous one drains)
+touches the same storage with at least one of the two writing, or when both write
 the same half of the V scratchpad (one write port per half). :func:`assign_waits` sets exactly those bits;
 :func:`conflicts` is the test both it and the timing checks in the tests use.
 
@@ -23,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from vit2hw.isa import Engine, Geometry, Instruction, Op, Target, instr_engine, store_row_words
+from vit2hw.isa import WAIT_OLDER_GEMM, Engine, Geometry, Instruction, Op, Target, instr_engine, store_row_words
 
-__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "v_half_lines", "dram_span"]
+__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "in_flight", "v_half_lines", "dram_span"]
 
 
 @dataclass(frozen=True)
@@ -141,17 +142,27 @@ def conflicts(a: Instruction, b: Instruction, g: Geometry) -> bool:
     return spans_conflict(*accesses(a, g), *accesses(b, g))
 
 
+def in_flight(engine: Engine) -> int:
+    """How many of an engine's latest instructions may still be running: two for the GEMM
+    engine (it takes the next GEMM while the previous one drains), one for the others."""
+    return 2 if engine == Engine.GEMM else 1
+
+
 def assign_waits(instructions: Sequence[Instruction], g: Geometry) -> list[Instruction]:
     """``instructions`` with every ``wait`` field set to the engines each must wait for."""
-    last: dict[Engine, Instruction] = {}
+    last: dict[Engine, list[Instruction]] = {}
     out = []
     for ins in instructions:
         eng = instr_engine(ins)
         mask = 0
         if eng is not None:
-            for other, prev in last.items():
-                if other != eng and conflicts(ins, prev, g):
+            for other, prevs in last.items():
+                if other == eng:
+                    continue
+                if conflicts(ins, prevs[-1], g):
                     mask |= 1 << int(other)
-            last[eng] = ins
+                elif other == Engine.GEMM and any(conflicts(ins, prev, g) for prev in prevs[:-1]):
+                    mask |= WAIT_OLDER_GEMM    # only the GEMM still draining: not the latest
+            last[eng] = (last.get(eng, []) + [ins])[-in_flight(eng):]
         out.append(ins.with_wait(mask) if ins.get("wait") != mask else ins)
     return out

@@ -10,11 +10,14 @@ Instruction word
 Every instruction is one little-endian 256-bit word (:data:`INSTR_BYTES` = 32 bytes):
 bits ``[0, 8)`` hold the opcode, the opcode's fields follow in :data:`FIELDS` order,
 LSB first; unused high bits are zero. Signed fields are two's complement.
-Every opcode also has the ``wait`` field at the fixed bits ``[248, 251)`` (:data:`WAIT_POS`):
-bit ``e`` set means "do not issue until engine ``e`` (:class:`Engine`) is idle". The three
-engines (DMA, GEMM, vector) run concurrently; instructions issue in program order, each
-to its engine once that engine is free, so the program itself states its cross-engine
-dependencies (:mod:`vit2hw.hazards` computes them; :meth:`Assembler.end` applies it).
+Every opcode also has the ``wait`` field at the fixed bits ``[248, 253)`` (:data:`WAIT_POS`):
+bit ``e`` set means "do not issue until engine ``e`` (:class:`Engine`) is idle"; bit 4
+(:data:`WAIT_OLDER_GEMM`) means "do not issue until every GEMM but the latest issued one is
+done" (the GEMM engine takes a GEMM while the previous one drains, so two can be in
+flight). The four engines (DMA, GEMM, vector, weight DMA) run concurrently; instructions
+issue in program order, each to its engine once that engine can take it, so the program
+itself states its cross-engine dependencies (:mod:`vit2hw.hazards` computes them;
+:meth:`Assembler.end` applies it).
 
 Scratchpads (:class:`Geometry` gives their shapes for an ``AcceleratorConfig``)
 --------------------------------------------------------------------------------
@@ -42,7 +45,7 @@ import numpy as np
 __all__ = [
     "ISA_VERSION", "INSTR_BITS", "INSTR_BYTES", "RECORD_BYTES",
     "Op", "Target", "GemmMode", "SoftmaxMode", "Engine", "engine_of", "instr_engine", "WDMA_TARGETS",
-    "FIELDS", "Field", "WAIT_FIELD",
+    "FIELDS", "Field", "WAIT_FIELD", "WAIT_OLDER_GEMM",
     "WAIT_POS", "field_offsets",
     "Instruction", "encode", "decode", "Segment", "Program", "ProgramError",
     "Geometry", "PARAM_RECORD", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
@@ -51,7 +54,7 @@ __all__ = [
 
 #: 2: the ``wait`` field and concurrent engines (version-1 programs had no dependencies)
 #: 3: the weight DMA engine; 4: STORE into A (``dst_a``), an on-chip copy on the DMA engine
-ISA_VERSION = 4
+ISA_VERSION = 5
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 OPCODE_BITS = 8
@@ -187,8 +190,10 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
 
 
 #: the dependency mask every opcode carries at a fixed position (see the module docstring)
-WAIT_FIELD = Field("wait", len(Engine))
+WAIT_FIELD = Field("wait", len(Engine) + 1)
 WAIT_POS = INSTR_BITS - 8
+#: the ``wait`` bit for the GEMMs issued before the latest one (the one still draining)
+WAIT_OLDER_GEMM = 1 << len(Engine)
 
 
 def field_offsets(op: Op) -> dict[str, tuple[int, Field]]:

@@ -22,20 +22,19 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vit2hw.cyclemodel import Sequencer, engine_cycles
-from vit2hw.hazards import accesses, spans_conflict
+from vit2hw.cyclemodel import Sequencer
+from vit2hw.hazards import accesses, in_flight, spans_conflict
 from vit2hw.isa import Engine, Geometry, Instruction, Op, instr_engine
 
 __all__ = ["reorder", "depends"]
 
 
 class _Info:
-    __slots__ = ("reads", "writes", "engine", "busy")
+    __slots__ = ("reads", "writes", "engine")
 
-    def __init__(self, ins: Instruction, g: Geometry, lat: int):
+    def __init__(self, ins: Instruction, g: Geometry):
         self.reads, self.writes = accesses(ins, g)       # external memory (DRAM) included
         self.engine = instr_engine(ins)
-        self.busy = engine_cycles(ins, g, lat) if self.engine is not None else 0
 
 
 def _conflict(a: _Info, b: _Info) -> bool:
@@ -48,18 +47,18 @@ def _depends(a: _Info, b: _Info) -> bool:
 
 def depends(a: Instruction, b: Instruction, g: Geometry) -> bool:
     """True when ``a`` and ``b`` must keep their relative order (see the module docstring)."""
-    return _depends(_Info(a, g, 1), _Info(b, g, 1))
+    return _depends(_Info(a, g), _Info(b, g))
 
 
 def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int = 1,
             window: int = 64) -> list[int]:
     """A dependency-preserving order of ``instructions`` (as indices into it)."""
     n = len(instructions)
-    info = [_Info(ins, g, mem_latency) for ins in instructions]
+    info = [_Info(ins, g) for ins in instructions]
     barrier = [ins.op in (Op.END, Op.FENCE) for ins in instructions]
     seq = Sequencer(g, mem_latency)
     order: list[int] = []
-    last: dict[Engine, int] = {}
+    last: dict[Engine, list[int]] = {}   # each engine's latest instructions that may still run
     pool: list[int] = []          # the oldest unplaced instructions, in program order
     indeg: dict[int, int] = {}
     succ: dict[int, list[int]] = {}
@@ -77,8 +76,16 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
 
     def issue_time(j: int) -> int:
         e = info[j].engine
-        waits = [other for other, i in last.items() if e is not None and other != e and _conflict(info[j], info[i])]
-        return seq.issue_cycle(e, waits)
+        waits, older = [], False
+        if e is not None:
+            for other, prevs in last.items():
+                if other == e:
+                    continue
+                if _conflict(info[j], info[prevs[-1]]):
+                    waits.append(other)
+                elif any(_conflict(info[j], info[i]) for i in prevs[:-1]):
+                    older = True
+        return seq.issue_cycle(e, waits, older)
 
     while len(order) < n:
         while nxt < n and len(pool) < window:
@@ -87,9 +94,9 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
         ready = [j for j in pool if indeg[j] == 0]
         best = min(ready, key=lambda j: (issue_time(j), j))
         e = info[best].engine
-        seq.issue(e, issue_time(best), info[best].busy)
+        seq.issue(instructions[best], issue_time(best))
         if e is not None:
-            last[e] = best
+            last[e] = (last.get(e, []) + [best])[-in_flight(e):]
         order.append(best)
         pool.remove(best)
         for s in succ.pop(best):
