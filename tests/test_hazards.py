@@ -148,3 +148,17 @@ def test_timeline_overlaps_the_two_dma_engines():
     assert tl.issue[1] < tl.finish[0]
     alone = sum(cm.instruction_cycles(i, SMALL) for i in prog.instructions[:2])
     assert tl.total < alone
+
+
+def test_a_gemm_without_tiles_does_not_hide_a_draining_one():
+    """The engine counts only GEMMs that feed tiles, so an empty GEMM between two real ones
+    leaves the first in flight: a STORE of the first one's results after the third still
+    waits for the older GEMM."""
+    from vit2hw.hazards import assign_waits
+    real = dict(m_tiles=1, n_tiles=1, k_beats=8, out_bits=8)
+    prog = [Instruction.make(Op.GEMM, o_addr=0, **real),
+            Instruction.make(Op.GEMM, m_tiles=0, n_tiles=1, k_beats=8, o_addr=8),
+            Instruction.make(Op.GEMM, o_addr=4, **real),
+            Instruction.make(Op.STORE, target=int(Target.O), ext_addr=0x400, rows=4, row_lines=1,
+                             spad_addr=0, row_elems=4)]
+    assert [i["wait"] for i in assign_waits(prog, G)] == [0, 0, 0, WAIT_OLDER_GEMM]

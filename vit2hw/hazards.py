@@ -26,7 +26,7 @@ from typing import Sequence
 
 from vit2hw.isa import WAIT_OLDER_GEMM, Engine, Geometry, Instruction, Op, Target, instr_engine, store_row_words
 
-__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "in_flight", "v_half_lines", "dram_span"]
+__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "in_flight", "empty_gemm", "v_half_lines", "dram_span"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,11 @@ def conflicts(a: Instruction, b: Instruction, g: Geometry) -> bool:
     return spans_conflict(*accesses(a, g), *accesses(b, g))
 
 
+def empty_gemm(ins: Instruction) -> bool:
+    """A GEMM that feeds no tile (a zero tile count or depth): it occupies no drain context."""
+    return ins.op == Op.GEMM and not (ins["m_tiles"] and ins["n_tiles"] and ins["k_beats"])
+
+
 def in_flight(engine: Engine) -> int:
     """How many of an engine's latest instructions may still be running: two for the GEMM
     engine (it takes the next GEMM while the previous one drains), one for the others."""
@@ -163,6 +168,7 @@ def assign_waits(instructions: Sequence[Instruction], g: Geometry) -> list[Instr
                     mask |= 1 << int(other)
                 elif other == Engine.GEMM and any(conflicts(ins, prev, g) for prev in prevs[:-1]):
                     mask |= WAIT_OLDER_GEMM    # only the GEMM still draining: not the latest
-            last[eng] = (last.get(eng, []) + [ins])[-in_flight(eng):]
+            if not empty_gemm(ins):        # the engine does not count a GEMM without tiles
+                last[eng] = (last.get(eng, []) + [ins])[-in_flight(eng):]
         out.append(ins.with_wait(mask) if ins.get("wait") != mask else ins)
     return out

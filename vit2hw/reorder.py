@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from vit2hw.cyclemodel import Sequencer
-from vit2hw.hazards import accesses, in_flight, spans_conflict
+from vit2hw.hazards import accesses, empty_gemm, in_flight, spans_conflict
 from vit2hw.isa import Engine, Geometry, Instruction, Op, instr_engine
 
 __all__ = ["reorder", "depends"]
@@ -95,7 +95,7 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
         best = min(ready, key=lambda j: (issue_time(j), j))
         e = info[best].engine
         seq.issue(instructions[best], issue_time(best))
-        if e is not None:
+        if e is not None and not empty_gemm(instructions[best]):
             last[e] = (last.get(e, []) + [best])[-in_flight(e):]
         order.append(best)
         pool.remove(best)
