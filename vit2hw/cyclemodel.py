@@ -28,7 +28,7 @@ from vit2hw.intops import EXP_FRAC, PROB_MAX, PROB_RECIP_SHIFT
 from dataclasses import dataclass
 
 from vit2hw.isa import (INSTR_BYTES, WAIT_OLDER_GEMM, Engine, Geometry, GemmMode, Instruction, Op, Program,
-                        SoftmaxMode, instr_engine)
+                        SoftmaxMode, empty_gemm, instr_engine)
 
 __all__ = [
     "REQUANT_LATENCY", "move_cycles", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",
@@ -119,10 +119,9 @@ def engine_cycles(instr: Instruction, g: Geometry, lat: int = DEFAULT_MEM_LATENC
     if op == Op.STORE:
         return instr["rows"] * instr["row_lines"] * g.words_per_line(instr["target"], 1 << instr["ebytes_log2"])
     if op == Op.GEMM:
-        t = instr["m_tiles"] * instr["n_tiles"]
-        if t == 0 or instr["k_beats"] == 0:
+        if empty_gemm(instr):
             return 0
-        return tile_cycles(g.rows, g.cols, instr["k_beats"], t) + REQUANT_LATENCY
+        return tile_cycles(g.rows, g.cols, instr["k_beats"], instr["m_tiles"] * instr["n_tiles"]) + REQUANT_LATENCY
     if op == Op.LAYERNORM:
         return 1 + layernorm_cycles(instr["channels"], instr["rows"], g.lanes, g.max_channels)
     if op == Op.SOFTMAX:
@@ -206,15 +205,16 @@ class Sequencer:
         their own memory port, so a running transfer does not hold the fetch back)."""
         return self.t
 
-    def issue_cycle(self, engine: Engine | None, waits=(), older_gemm: bool = False) -> int:
+    def issue_cycle(self, engine: Engine | None, wait: int = 0) -> int:
         """When an instruction for ``engine`` (None: END/FENCE, which wait for every engine)
-        waiting for the engines ``waits`` (and, with ``older_gemm``, for every GEMM but the
-        latest: :data:`~vit2hw.isa.WAIT_OLDER_GEMM`) would issue if it were fetched next."""
+        with the ``wait`` field ``wait`` (bit ``e``: engine ``e`` idle; bit 4,
+        :data:`~vit2hw.isa.WAIT_OLDER_GEMM`: every GEMM but the latest done) would issue if
+        it were fetched next."""
         ready = self.fetch_cycle() + self.fc - 1
         if engine is None:
             return max(ready, *self.free.values())
-        return max(ready, self.accept[engine], self.older_free if older_gemm else 0,
-                   *(self.free[e] for e in waits))
+        return max(ready, self.accept[engine], self.older_free if wait & WAIT_OLDER_GEMM else 0,
+                   *(self.free[e] for e in Engine if (wait >> int(e)) & 1))
 
     def issue(self, instr: Instruction, x: int) -> int:
         """Record the issue of ``instr`` at cycle ``x``; returns the cycle its engine is free
@@ -230,14 +230,13 @@ class Sequencer:
 
     def _issue_gemm(self, instr: Instruction, x: int) -> int:
         e = Engine.GEMM
-        tiles = instr["m_tiles"] * instr["n_tiles"]
-        k = instr["k_beats"]
-        if tiles == 0 or k == 0:           # feeds nothing: the engine's state is unchanged
+        if empty_gemm(instr):              # feeds nothing: the engine's state is unchanged
             self.free[e] = max(self.free[e], x + 1)
             self.accept[e] = max(self.accept[e], x + 1)
             return self.free[e]
         R, C = self.g.rows, self.g.cols
-        beats = k                          # array beats per tile (K, or K/2 packed: the field says beats)
+        tiles = instr["m_tiles"] * instr["n_tiles"]
+        beats = instr["k_beats"]           # array beats per tile (K, or K/2 packed: the field says beats)
         # the first beat is offered the cycle after issue; a tile's last beat waits until R
         # cycles after the previous tile's (hdl.systolic), whichever instruction that was
         first_last = x + beats if self._last_beat is None else max(x + beats, self._last_beat + R)
@@ -268,9 +267,8 @@ def timeline(program: Program, config, mem_latency: int = DEFAULT_MEM_LATENCY) -
     fetch, issue, finish, busy = [], [], [], []
     for ins in instrs:
         eng = instr_engine(ins)
-        waits = [e for e in Engine if (ins.get("wait") >> int(e)) & 1]
         fetch.append(seq.fetch_cycle())
-        x = seq.issue_cycle(eng, waits, bool(ins.get("wait") & WAIT_OLDER_GEMM))
+        x = seq.issue_cycle(eng, ins.get("wait"))
         before = seq.free[eng] if eng is not None else 0
         f = seq.issue(ins, x)
         finish.append(f)

@@ -22,11 +22,14 @@ never write their own instructions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Generic, Sequence, TypeVar
 
-from vit2hw.isa import WAIT_OLDER_GEMM, Engine, Geometry, Instruction, Op, Target, instr_engine, store_row_words
+from vit2hw.isa import (WAIT_OLDER_GEMM, Engine, Geometry, Instruction, Op, Target, empty_gemm, instr_engine,
+                        store_row_words)
 
-__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "in_flight", "empty_gemm", "v_half_lines", "dram_span"]
+T = TypeVar("T")
+
+__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "in_flight", "Running", "v_half_lines", "dram_span"]
 
 
 @dataclass(frozen=True)
@@ -142,33 +145,47 @@ def conflicts(a: Instruction, b: Instruction, g: Geometry) -> bool:
     return spans_conflict(*accesses(a, g), *accesses(b, g))
 
 
-def empty_gemm(ins: Instruction) -> bool:
-    """A GEMM that feeds no tile (a zero tile count or depth): it occupies no drain context."""
-    return ins.op == Op.GEMM and not (ins["m_tiles"] and ins["n_tiles"] and ins["k_beats"])
-
-
 def in_flight(engine: Engine) -> int:
     """How many of an engine's latest instructions may still be running: two for the GEMM
     engine (it takes the next GEMM while the previous one drains), one for the others."""
     return 2 if engine == Engine.GEMM else 1
 
 
+class Running(Generic[T]):
+    """Per engine, the latest instructions (as any key: the instruction, an index) that may
+    still be running when the next one issues; :meth:`wait_mask` is the ``wait`` field the
+    next instruction needs."""
+
+    def __init__(self):
+        self.latest: dict[Engine, list[T]] = {}
+
+    def record(self, ins: Instruction, key: T) -> None:
+        eng = instr_engine(ins)
+        if eng is not None and not empty_gemm(ins):   # the engine does not count a GEMM without tiles
+            self.latest[eng] = (self.latest.get(eng, []) + [key])[-in_flight(eng):]
+
+    def wait_mask(self, engine: Engine | None, conflicts_with: Callable[[T], bool]) -> int:
+        """The engines ``engine``'s next instruction must wait for (bit ``e``), or only the
+        older GEMM still draining (:data:`~vit2hw.isa.WAIT_OLDER_GEMM`)."""
+        mask = 0
+        if engine is None:
+            return mask
+        for other, keys in self.latest.items():
+            if other == engine:
+                continue
+            if conflicts_with(keys[-1]):
+                mask |= 1 << int(other)
+            elif any(conflicts_with(k) for k in keys[:-1]):
+                mask |= WAIT_OLDER_GEMM
+        return mask
+
+
 def assign_waits(instructions: Sequence[Instruction], g: Geometry) -> list[Instruction]:
     """``instructions`` with every ``wait`` field set to the engines each must wait for."""
-    last: dict[Engine, list[Instruction]] = {}
+    running: Running[Instruction] = Running()
     out = []
     for ins in instructions:
-        eng = instr_engine(ins)
-        mask = 0
-        if eng is not None:
-            for other, prevs in last.items():
-                if other == eng:
-                    continue
-                if conflicts(ins, prevs[-1], g):
-                    mask |= 1 << int(other)
-                elif other == Engine.GEMM and any(conflicts(ins, prev, g) for prev in prevs[:-1]):
-                    mask |= WAIT_OLDER_GEMM    # only the GEMM still draining: not the latest
-            if not empty_gemm(ins):        # the engine does not count a GEMM without tiles
-                last[eng] = (last.get(eng, []) + [ins])[-in_flight(eng):]
+        mask = running.wait_mask(instr_engine(ins), lambda prev: conflicts(ins, prev, g))
+        running.record(ins, ins)
         out.append(ins.with_wait(mask) if ins.get("wait") != mask else ins)
     return out

@@ -46,7 +46,7 @@ __all__ = [
     "ISA_VERSION", "INSTR_BITS", "INSTR_BYTES", "RECORD_BYTES",
     "Op", "Target", "GemmMode", "SoftmaxMode", "Engine", "engine_of", "instr_engine", "WDMA_TARGETS",
     "FIELDS", "Field", "WAIT_FIELD", "WAIT_OLDER_GEMM",
-    "WAIT_POS", "field_offsets",
+    "WAIT_POS", "field_offsets", "empty_gemm",
     "Instruction", "encode", "decode", "Segment", "Program", "ProgramError",
     "Geometry", "PARAM_RECORD", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
     "pack_records", "pack_rows", "unpack_rows", "Assembler", "store_row_words",
@@ -260,6 +260,12 @@ class Instruction:
 
     def __str__(self) -> str:
         return self.op.name + " " + " ".join(f"{k}={v}" for k, v in self.args if v)
+
+
+def empty_gemm(ins: Instruction) -> bool:
+    """A GEMM that feeds no tile (a zero tile count or depth): it takes no cycles and occupies
+    no drain context."""
+    return ins.op == Op.GEMM and not (ins["m_tiles"] and ins["n_tiles"] and ins["k_beats"])
 
 
 def encode(instr: Instruction) -> int:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from vit2hw.cyclemodel import Sequencer
-from vit2hw.hazards import accesses, empty_gemm, in_flight, spans_conflict
-from vit2hw.isa import Engine, Geometry, Instruction, Op, instr_engine
+from vit2hw.hazards import Running, accesses, spans_conflict
+from vit2hw.isa import Geometry, Instruction, Op, instr_engine
 
 __all__ = ["reorder", "depends"]
 
@@ -58,7 +58,7 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
     barrier = [ins.op in (Op.END, Op.FENCE) for ins in instructions]
     seq = Sequencer(g, mem_latency)
     order: list[int] = []
-    last: dict[Engine, list[int]] = {}   # each engine's latest instructions that may still run
+    running: Running[int] = Running()
     pool: list[int] = []          # the oldest unplaced instructions, in program order
     indeg: dict[int, int] = {}
     succ: dict[int, list[int]] = {}
@@ -76,16 +76,7 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
 
     def issue_time(j: int) -> int:
         e = info[j].engine
-        waits, older = [], False
-        if e is not None:
-            for other, prevs in last.items():
-                if other == e:
-                    continue
-                if _conflict(info[j], info[prevs[-1]]):
-                    waits.append(other)
-                elif any(_conflict(info[j], info[i]) for i in prevs[:-1]):
-                    older = True
-        return seq.issue_cycle(e, waits, older)
+        return seq.issue_cycle(e, running.wait_mask(e, lambda i: _conflict(info[j], info[i])))
 
     while len(order) < n:
         while nxt < n and len(pool) < window:
@@ -93,10 +84,8 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
             nxt += 1
         ready = [j for j in pool if indeg[j] == 0]
         best = min(ready, key=lambda j: (issue_time(j), j))
-        e = info[best].engine
         seq.issue(instructions[best], issue_time(best))
-        if e is not None and not empty_gemm(instructions[best]):
-            last[e] = (last.get(e, []) + [best])[-in_flight(e):]
+        running.record(instructions[best], best)
         order.append(best)
         pool.remove(best)
         for s in succ.pop(best):
