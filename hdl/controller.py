@@ -215,9 +215,9 @@ class GemmEngine(wiring.Component):
         last = k == cfg.k_beats - 1
         m.d.comb += [ra.i.valid.eq(feeding), pi.first.eq(k == 0), pi.last.eq(last),
                      pi.mode.eq(cfg.mode), pi.a_unsigned.eq(cfg.a_unsigned), pi.tag.eq(0)]
+        nonempty = (cfg.m_tiles != 0) & (cfg.n_tiles != 0) & (cfg.k_beats != 0)
         with m.If(self.go):
-            m.d.sync += [feeding.eq((cfg.m_tiles != 0) & (cfg.n_tiles != 0) & (cfg.k_beats != 0)),
-                         f_rows.eq(cfg.m_tiles), f_j.eq(0)]
+            m.d.sync += [feeding.eq(nonempty), f_rows.eq(cfg.m_tiles), f_j.eq(0)]
             m.d.comb += [k_n.eq(0), a_base_n.eq(cfg.a_addr), b_base_n.eq(cfg.b_addr)]
         with m.Elif(ra.i.valid & ra.i.ready):
             with m.If(last):
@@ -240,7 +240,6 @@ class GemmEngine(wiring.Component):
         # instruction's last row. A third GEMM waits until the oldest one is done
         # (accept_busy), so a context is never overwritten while in use and at most two GEMMs
         # are ever in flight (vit2hw.hazards tracks both).
-        nonempty = (cfg.m_tiles != 0) & (cfg.n_tiles != 0) & (cfg.k_beats != 0)
         ctx = [Signal(drain_context_layout(), name=f"ctx{i}") for i in range(2)]
         f_slot = Signal()
         d_slot = Signal()
@@ -328,20 +327,17 @@ class GemmEngine(wiring.Component):
                      ra.params.bypass.eq(dc.bypass)]
         # the row's O address, lookup flag and end-of-instruction mark travel alongside the
         # requantizer pipeline
-        addr_pipe = [Signal(24, name=f"oaddr{i}") for i in range(REQUANT_LATENCY)]
-        lut_pipe = [Signal(name=f"olut{i}") for i in range(REQUANT_LATENCY)]
-        lbits_pipe = [Signal(4, name=f"olbits{i}") for i in range(REQUANT_LATENCY)]
-        end_pipe = [Signal(name=f"oend{i}") for i in range(REQUANT_LATENCY)]
-        m.d.sync += [addr_pipe[0].eq(dc.o_addr + cur), lut_pipe[0].eq(dc.lut), lbits_pipe[0].eq(dc.lut_bits),
-                     end_pipe[0].eq(instr_end)]
-        for i in range(1, REQUANT_LATENCY):
-            m.d.sync += [addr_pipe[i].eq(addr_pipe[i - 1]), lut_pipe[i].eq(lut_pipe[i - 1]),
-                         lbits_pipe[i].eq(lbits_pipe[i - 1]), end_pipe[i].eq(end_pipe[i - 1])]
+        row_layout = data.StructLayout({"addr": 24, "lut": 1, "lut_bits": 4, "end": 1})
+        pipe = [Signal(row_layout, name=f"orow{i}") for i in range(REQUANT_LATENCY)]
+        m.d.sync += [pipe[0].addr.eq(dc.o_addr + cur), pipe[0].lut.eq(dc.lut), pipe[0].lut_bits.eq(dc.lut_bits),
+                     pipe[0].end.eq(instr_end)]
+        m.d.sync += [pipe[i].eq(pipe[i - 1]) for i in range(1, REQUANT_LATENCY)]
+        out_row = pipe[-1]
         # optional table lookup of every requantized code (e.g. GELU fused into the layer that
         # feeds it): one copy of LUT_TABLE per column, read combinationally from the
         # requantizer's output register, so the drain keeps its latency and the cycle model
         # is unchanged
-        lut_offset = (Const(1, 9) << lbits_pipe[-1]) >> 1
+        lut_offset = (Const(1, 9) << out_row.lut_bits) >> 1
         lanes = []
         for c in range(C):
             table = memory.Memory(shape=signed(16), depth=256, init=[])
@@ -352,13 +348,13 @@ class GemmEngine(wiring.Component):
             y = ra.o.payload.y[c]
             m.d.comb += rp.addr.eq((y[:8] + lut_offset)[:8])
             lane = Signal(signed(32), name=f"drain{c}")
-            m.d.comb += lane.eq(Mux(lut_pipe[-1], rp.data, y))
+            m.d.comb += lane.eq(Mux(out_row.lut, rp.data, y))
             lanes.append(lane)
-        m.d.comb += [self.o_wr.en.eq(ra.o.valid), self.o_wr.addr.eq(addr_pipe[-1]),
+        m.d.comb += [self.o_wr.en.eq(ra.o.valid), self.o_wr.addr.eq(out_row.addr),
                      self.o_wr.data.eq(Cat(*lanes))]
         # GEMMs whose last row is not yet in O; a context is free again once its GEMM is done
         in_flight = Signal(range(3))
-        m.d.sync += in_flight.eq(in_flight + (self.go & nonempty) - (ra.o.valid & end_pipe[-1]))
+        m.d.sync += in_flight.eq(in_flight + (self.go & nonempty) - (ra.o.valid & out_row.end))
         m.d.comb += [self.busy.eq(feeding | ra.busy), self.accept_busy.eq(feeding | (in_flight == 2)),
                      self.older_busy.eq(in_flight == 2)]
         return m
