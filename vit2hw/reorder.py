@@ -13,7 +13,17 @@ moves instructions earlier where that is safe and the replayed timeline
   the original does, so the ISA interpreter and the RTL give the same bits (the tests check);
 * **greedy**: among the instructions whose predecessors are all placed, within a window of
   the oldest ``window`` not yet placed, take the one the sequencer would issue first (same
-  issue rules as :func:`vit2hw.cyclemodel.timeline`; ties keep program order).
+  issue rules as :func:`vit2hw.cyclemodel.timeline`);
+* **critical path first on a tie**: several instructions often could issue in the same cycle
+  (their engines idle, nothing to wait for). The one heading the longest chain of dependent
+  work in the window goes first — the chain's length is the sum of its instructions' engine
+  cycles (:func:`vit2hw.cyclemodel.engine_cycles`), the classic list-scheduling priority —
+  then program order (``tie="chain"``). Program order alone (``tie="order"``) let work off
+  the critical path take an engine that a chain leading to the next GEMMs needed; on
+  DeiT-Tiny the chain rule saves 4 % of the cycles on the ZCU102 preset and 1.3 % on the
+  default one. It is a heuristic that ignores which engines the chain needs, so on a small
+  array it can lose a little (vit_digits on sim4x4: +0.2 %); the scheduler replays both
+  orders and keeps the shorter program.
 
 END and FENCE stay where they are (barriers). The result is deterministic.
 """
@@ -22,11 +32,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vit2hw.cyclemodel import Sequencer
+from vit2hw.cyclemodel import Sequencer, engine_cycles
 from vit2hw.hazards import Running, accesses, spans_conflict
 from vit2hw.isa import Geometry, Instruction, Op, instr_engine
 
-__all__ = ["reorder", "depends"]
+__all__ = ["reorder", "depends", "TIE_RULES"]
 
 
 class _Info:
@@ -50,11 +60,19 @@ def depends(a: Instruction, b: Instruction, g: Geometry) -> bool:
     return _depends(_Info(a, g), _Info(b, g))
 
 
+TIE_RULES = ("chain", "order")
+
+
 def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int = 1,
-            window: int = 64) -> list[int]:
-    """A dependency-preserving order of ``instructions`` (as indices into it)."""
+            window: int = 64, tie: str = "chain") -> list[int]:
+    """A dependency-preserving order of ``instructions`` (as indices into it); ``tie`` picks
+    among instructions that would issue in the same cycle (see the module docstring)."""
+    if tie not in TIE_RULES:
+        raise ValueError(f"tie must be one of {TIE_RULES}, got {tie!r}")
     n = len(instructions)
     info = [_Info(ins, g) for ins in instructions]
+    cost = [0 if info[i].engine is None else engine_cycles(ins, g, mem_latency)
+            for i, ins in enumerate(instructions)]
     barrier = [ins.op in (Op.END, Op.FENCE) for ins in instructions]
     seq = Sequencer(g, mem_latency)
     order: list[int] = []
@@ -78,13 +96,22 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
         e = info[j].engine
         return seq.issue_cycle(e, running.wait_mask(e, lambda i: _conflict(info[j], info[i])))
 
+    def chain(j: int, memo: dict[int, int]) -> int:
+        """Engine cycles of the longest dependent chain from ``j`` among the admitted."""
+        if j not in memo:
+            memo[j] = cost[j] + max((chain(s, memo) for s in succ[j]), default=0)
+        return memo[j]
+
     while len(order) < n:
         while nxt < n and len(pool) < window:
             admit(nxt)
             nxt += 1
-        ready = [j for j in pool if indeg[j] == 0]
-        best = min(ready, key=lambda j: (issue_time(j), j))
-        seq.issue(instructions[best], issue_time(best))
+        when = {j: issue_time(j) for j in pool if indeg[j] == 0}
+        first = min(when.values())
+        memo: dict[int, int] = {}
+        tied = [j for j, t in when.items() if t == first]
+        best = min(tied, key=lambda j: (-chain(j, memo), j)) if tie == "chain" else min(tied)
+        seq.issue(instructions[best], first)
         running.record(instructions[best], best)
         order.append(best)
         pool.remove(best)
