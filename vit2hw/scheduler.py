@@ -233,8 +233,10 @@ class _Residency:
 
 
 class _Halves:
-    """Double buffering: each of A, B, P and O is used as two halves, taken in turn, so the
-    DMA engine fills one half (and drains O's other half) while a GEMM works on the other.
+    """Double buffering: each of A, B and P is used as two halves, taken in turn, so the
+    DMA engine fills one half while a GEMM works on the other; O is a ring of GEMM outputs
+    (:meth:`take_o`), so the DMA or the vector engine drains earlier outputs while a GEMM
+    writes the next.
     The ``wait`` fields (:mod:`vit2hw.hazards`) keep any reuse correct; the alternation is
     what lets the engines overlap."""
 
@@ -243,12 +245,32 @@ class _Halves:
         self.depth = {Target.A: g.a_depth, Target.B: g.b_depth if b_lines is None else b_lines,
                       Target.P: g.p_depth, Target.O: g.o_depth}
         self.turn = {t: 0 for t in self.depth}
+        self.o_half, self.o_next = 1, g.o_depth  # O: the half in use and its next free line (take_o)
 
     def base(self, target: Target) -> int:
         return self.turn[target] * (self.depth[target] // 2)
 
     def flip(self, target: Target) -> None:
         self.turn[target] ^= 1
+
+    def take_o(self, lines: int) -> int:
+        """The first of ``lines`` O lines for the next GEMM's output. Each half of O is used as
+        a ring: an output goes right after the previous one when it fits in that half, else
+        to the start of the other half. Consecutive outputs never overlap (the scheduler
+        emits a GEMM's STOREs, and a scores chunk's P·V, after the next GEMM), and a small
+        output (a 40-row tile of the 192-column projection: 160 of 1 280 lines) leaves the
+        latest few in place, so the next layer's larger GEMM (fc1's 640 lines) need not
+        wait for the MOVE of the output just before it. Outputs of half of O alternate
+        between the halves, as plain double buffering would."""
+        half = self.depth[Target.O] // 2
+        if lines > half:
+            raise AssertionError(f"a double-buffered GEMM output of {lines} O lines exceeds half of O ({half})")
+        if self.o_next + lines > (self.o_half + 1) * half:
+            self.o_half ^= 1
+            self.o_next = self.o_half * half
+        at = self.o_next
+        self.o_next += lines
+        return at
 
 
 # ------------------------------------------------------------------ the scheduler
@@ -474,7 +496,7 @@ class _Scheduler:
         pairs = ([(rb, cb) for rb in row_blocks for cb in col_blocks] if blk.order == "rows"
                  else [(rb, cb) for cb in col_blocks for rb in row_blocks])
         # a block's STOREs are emitted after the next block's GEMM: in program order they then
-        # follow that GEMM's issue, and drain one O half while the array fills the other
+        # follow that GEMM's issue, and drain its O lines while the array fills others
         if not double:
             self.flush_stores()
         for (r0, rows), (c0, cols) in pairs:
@@ -519,9 +541,7 @@ class _Scheduler:
                 mat, row0, nrows, t = operands[key]
                 at[key] = self.load_half(t, mat.addr + row0 * mat.stride, nrows, lines, mat.stride, double)
             a_sp, b_sp = at["a"], at["b"]
-            o_sp = self.halves.base(Target.O) if double else 0
-            if double:
-                self.halves.flip(Target.O)
+            o_sp = self.halves.take_o(tmb * R * tnb) if double else 0
             ext = out.addr + r0 * out.stride + (out_col0 + c0) * eb
             common = dict(out_bits=out_bits, mode=mode, a_unsigned=a_unsigned, lut_bits=lut_bits, a_row_lines=lines,
                           b_row_lines=lines)
@@ -710,8 +730,8 @@ class _Scheduler:
 
     def scores_softmax(self, node: Node, sm: Node, p: _Params) -> None:
         """``softmax(Q·Kᵀ)`` per head, chunk by chunk of rows, without the scores leaving the
-        chip: GEMM (into one O half) → SOFTMAX reading the scores from O (probabilities into
-        one V half) → STORE of the probabilities; chunks alternate halves, so the array
+        chip: GEMM (into the O ring, ``take_o``) → SOFTMAX reading the scores from O (probabilities into
+        one V half) → STORE of the probabilities; chunks alternate V halves, so the array
         computes the next chunk's scores while the vector engine normalizes this one."""
         g = self.g
         q, k = node.inputs
@@ -757,8 +777,12 @@ class _Scheduler:
                     a_sp = self.load_half(Target.A, q_src, rows, lines, qr.stride, True)
                 v = turn * half
                 turn ^= 1
-                o_sp = self.halves.base(Target.O)
-                self.halves.flip(Target.O)
+                # this chunk's scores and P·V output: one O allocation, the P·V after the scores
+                o_lines = _ceil(rows, g.rows) * g.rows * (nt + (_ceil(pv.head_width, g.cols) if pv is not None else 0))
+                o_sp = self.halves.take_o(o_lines)
+                # the P·V output of two chunks back may lie in those lines (a short last chunk of
+                # a head before a longer chunk) and its STORE is still pending: store it first
+                self.flush_stores()
                 self.asm.gemm(rows, n, d, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_base,
                               out_bits=self.spec(node.output).bits, mode=GemmMode.MUL8)
                 first = len(self.asm.program.instructions)
@@ -772,7 +796,7 @@ class _Scheduler:
                 if pending is not None and pv is not None:
                     self.pv_chunk(av, pv, *pending[1], a_sp=a_sp)
                 # (the probabilities' STORE, the chunk's P·V: its output goes into the scores'
-                # O half, after the scores)
+                # O lines, after the scores)
                 pending = ((yr, hd * n + r0, rows, lpr, v),
                            (hd, r0, rows, o_sp + _ceil(rows, g.rows) * g.rows * nt))
         first = len(self.asm.program.instructions)
@@ -907,8 +931,7 @@ class _Scheduler:
             row = xm.addr + r0 * xm.stride
             self.flush_stores_into(row, n, xm.stride, lines * g.bus_bytes)
             a_sp = self.load(Target.A, row, n, lines, src + (r0 // g.rows % 2) * lines, xm.stride)
-            o_sp = self.halves.base(Target.O)
-            self.halves.flip(Target.O)
+            o_sp = self.halves.take_o(_ceil(n, g.rows) * g.rows * nt)
             self.asm.gemm(n, n1, k, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp,
                           out_bits=ys.bits, mode=mode, a_unsigned=a_unsigned, lut_bits=lut_bits,
                           a_row_lines=lines, b_row_lines=lines)
@@ -935,7 +958,7 @@ class _Scheduler:
 
     def linear_into_v(self, lin: Node, lpr: int):
         """Load ``lin``'s weights and parameters once; return ``emit(r0, n, v)``: the GEMM of
-        input rows ``r0 .. r0+n`` into an O half, then MOVE of the result to V line ``v``."""
+        input rows ``r0 .. r0+n`` into O (``take_o``), then MOVE of the result to V line ``v``."""
         g = self.g
         x = lin.inputs[0]
         xs, ys = self.spec(x), self.spec(lin.output)
@@ -967,10 +990,9 @@ class _Scheduler:
 
     def gemm_to_v(self, m: int, n: int, k_beats: int, a_sp: int, b_sp: int, p_sp: int, v: int, lpr: int,
                   **gemm_kw) -> None:
-        """One GEMM (all its column tiles) into the next O half, then MOVE of its rows to V
+        """One GEMM (all its column tiles) into the next O lines, then MOVE of its rows to V
         line ``v`` (``lpr`` V lines per row)."""
-        o_sp = self.halves.base(Target.O)
-        self.halves.flip(Target.O)
+        o_sp = self.halves.take_o(_ceil(m, self.g.rows) * self.g.rows * _ceil(n, self.g.cols))
         self.asm.gemm(m, n, k_beats, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp, **gemm_kw)
         self.asm.move(o_sp, v, m, _ceil(n, self.g.cols), lpr)
 
