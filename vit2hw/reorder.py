@@ -20,7 +20,7 @@ moves instructions earlier where that is safe and the replayed timeline
   cycles (:func:`vit2hw.cyclemodel.engine_cycles`), the classic list-scheduling priority —
   then program order (``tie="chain"``). Program order alone (``tie="order"``) let work off
   the critical path take an engine that a chain leading to the next GEMMs needed; on
-  DeiT-Tiny the chain rule saves 4 % of the cycles on the ZCU102 preset and 1.3 % on the
+  DeiT-Tiny the chain rule saves 2.9 % of the cycles on the ZCU102 preset and 1.3 % on the
   default one. It is a heuristic that ignores which engines the chain needs, so on a small
   array it can lose a little (vit_digits on sim4x4: +0.2 %); the scheduler replays both
   orders and keeps the shorter program.
