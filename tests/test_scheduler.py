@@ -27,17 +27,19 @@ SMALL = AcceleratorConfig(name="small4x8", rows=4, cols=8, vector_lanes=8, act_b
                           max_tokens=32, max_channels=128)
 
 
+def _run_image(sp, cfg, img) -> bytearray:
+    """The memory image after interpreting ``sp``'s program on one input."""
+    (pin,) = sp.inputs.values()
+    mem = bytearray(sp.mem_bytes)
+    write_input(mem, pin, img)
+    run_program(sp.program, cfg, mem)
+    return mem
+
+
 def _run_images(graph, cfg, images):
     sp = schedule(graph, cfg)
-    (pin,) = sp.inputs.values()
     (pout,) = sp.outputs.values()
-    outs = []
-    for img in images:
-        mem = bytearray(sp.mem_bytes)
-        write_input(mem, pin, img)
-        run_program(sp.program, cfg, mem)
-        outs.append(read_output(mem, pout))
-    return sp, np.stack(outs)
+    return sp, np.stack([read_output(_run_image(sp, cfg, img), pout) for img in images])
 
 
 def _quantize(digits_model, attn: str):
@@ -249,10 +251,8 @@ def test_deit_tiny_block_bit_exact(attn):
     attn_out = "blocks.0.attn.out"
     for cfg in (get_preset("zcu102"), get_preset("default")):
         sp = schedule(g, cfg)
-        (pin,), (pout,) = sp.inputs.values(), sp.outputs.values()
-        mem = bytearray(sp.mem_bytes)
-        write_input(mem, pin, codes[0])
-        run_program(sp.program, cfg, mem)
+        (pout,) = sp.outputs.values()
+        mem = _run_image(sp, cfg, codes[0])
         np.testing.assert_array_equal(read_output(mem, pout), ref[g.outputs[0]][0])
         r = sp.regions[attn_out]
         got = unpack_rows(bytes(mem[r.addr:r.addr + r.rows * r.stride]), r.rows, r.cols, r.ebytes, r.stride, True)
