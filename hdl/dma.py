@@ -19,9 +19,11 @@ Engines (one runs at a time; the controller selects whose requests reach the bus
   its last word returns.
 * :class:`StoreEngine` writes ``rows`` × ``row_lines`` lines of the O or V scratchpad,
   narrowing each 32-bit lane to 1, 2 or 4 bytes, one word per cycle while the bus is ready;
-  elements at or beyond ``row_elems`` in a row get their byte strobes cleared. With
-  ``dst_a`` the words go into A instead (``aw``, one per cycle, cleared bytes zero): an
-  on-chip copy of GEMM results or vector-unit rows into the array's A operand.
+  elements at or beyond ``row_elems`` in a row get their byte strobes cleared, and a row
+  stops after its last word that holds an element below ``row_elems``
+  (:func:`vit2hw.isa.store_words_written`). With ``dst_a`` the words go into A instead
+  (``aw``, one per cycle, cleared bytes zero, skipped words untouched): an on-chip copy of
+  GEMM results or vector-unit rows into the array's A operand.
 """
 
 from __future__ import annotations
@@ -295,10 +297,15 @@ class StoreEngine(wiring.Component):
         elem_base = Signal(17)
 
         wpl_now = Signal(8)
+        pitch_now = Signal(24)          # A lines a row of a STORE into A spans (row_lines · wpl)
         is_v_now = cfg.target == Target.V
         for log, e in enumerate((1, 2, 4)):
+            wv, wo = g.words_per_line(Target.V, e), g.words_per_line(Target.O, e)
             with m.If(cfg.ebytes_log2 == log):
-                m.d.comb += wpl_now.eq(Mux(is_v_now, g.words_per_line(Target.V, e), g.words_per_line(Target.O, e)))
+                m.d.comb += [wpl_now.eq(Mux(is_v_now, wv, wo)),
+                             pitch_now.eq(Mux(is_v_now, cfg.row_lines * wv, cfg.row_lines * wo))]
+        row_line0 = Signal(24)          # the row's first O/V line
+        a_pitch = Signal(24)
 
         # synchronous scratchpad reads: address the line of the next cycle
         line_ptr_n = Signal(24)
@@ -308,6 +315,18 @@ class StoreEngine(wiring.Component):
         o_word, o_strb = self._narrow(m, self.o_rd.data[0], g.cols, cfg.ebytes_log2, elem_base, cfg.row_elems, wi)
         v_word, v_strb = self._narrow(m, self.v_rd.data[0], g.lanes, cfg.ebytes_log2, elem_base, cfg.row_elems, wi)
         active = rows != 0
+        # a row ends after its last word, or after the last word holding an element below
+        # row_elems: the next word's first element (the next line's first lane after a line's
+        # last word) is not one, so the words after it would carry no strobe
+        lg = (wb - 1).bit_length()
+        line_end = wi == wpl - 1
+        word_step = Signal(16)
+        for log in range(3):
+            with m.If(cfg.ebytes_log2 == log):
+                m.d.comb += word_step.eq((wi + 1) << (lg - log))
+        next_elem = Signal(18)
+        m.d.comb += next_elem.eq(elem_base + Mux(line_end, lanes, word_step))
+        row_end = (line_end & (li == cfg.row_lines - 1)) | (next_elem >= cfg.row_elems)
         # into A: A's write port belongs to this engine, so a word goes every cycle; each row's
         # words fill A lines of one bank, rows taking the banks in turn (as LOAD places them)
         to_a = Signal()
@@ -329,22 +348,25 @@ class StoreEngine(wiring.Component):
                          lanes.eq(Mux(is_v_now, g.lanes, g.cols)),
                          rows.eq(Mux(cfg.row_lines != 0, cfg.rows, 0)), wi.eq(0), li.eq(0),
                          addr.eq(cfg.ext_addr), row_addr.eq(cfg.ext_addr), elem_base.eq(0),
+                         row_line0.eq(cfg.spad_addr), a_pitch.eq(pitch_now),
                          to_a.eq(cfg.dst_a), a_bank.eq(0), a_line.eq(cfg.a_addr), a_row0.eq(cfg.a_addr)]
             m.d.comb += line_ptr_n.eq(cfg.spad_addr)
         with m.Elif(fire):
             m.d.sync += [wi.eq(wi + 1), addr.eq(addr + wb), a_line.eq(a_line + 1)]
-            with m.If(wi == wpl - 1):
+            with m.If(row_end):
+                m.d.sync += [wi.eq(0), li.eq(0), elem_base.eq(0), rows.eq(rows - 1),
+                             row_line0.eq(row_line0 + cfg.row_lines),
+                             row_addr.eq(row_addr + cfg.ext_stride), addr.eq(row_addr + cfg.ext_stride)]
+                m.d.comb += line_ptr_n.eq(row_line0 + cfg.row_lines)
+                # the next row: the next bank from this row's first line, or after the last
+                # bank the lines following this row's (whole, even if trimmed) pitch
+                with m.If(a_bank == g.rows - 1):
+                    m.d.sync += [a_bank.eq(0), a_row0.eq(a_row0 + a_pitch), a_line.eq(a_row0 + a_pitch)]
+                with m.Else():
+                    m.d.sync += [a_bank.eq(a_bank + 1), a_line.eq(a_row0)]
+            with m.Elif(line_end):
                 m.d.sync += [wi.eq(0), elem_base.eq(elem_base + lanes), li.eq(li + 1)]
                 m.d.comb += line_ptr_n.eq(line_ptr + 1)
-                with m.If(li == cfg.row_lines - 1):
-                    m.d.sync += [li.eq(0), elem_base.eq(0), rows.eq(rows - 1),
-                                 row_addr.eq(row_addr + cfg.ext_stride), addr.eq(row_addr + cfg.ext_stride)]
-                    # the next row: the next bank from this row's first line, or after the last
-                    # bank the lines following this row
-                    with m.If(a_bank == g.rows - 1):
-                        m.d.sync += [a_bank.eq(0), a_row0.eq(a_line + 1)]
-                    with m.Else():
-                        m.d.sync += [a_bank.eq(a_bank + 1), a_line.eq(a_row0)]
         return m
 
 

@@ -26,7 +26,8 @@ from sim.runner import run_cocotb
 from vit2hw import intops as I
 from vit2hw.cyclemodel import program_cycles, timeline
 from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, WAIT_OLDER_GEMM, Assembler, Geometry,
-                        GemmMode, Op, Program, SoftmaxMode, Target, pack_records, pack_rows, store_row_words)
+                        GemmMode, Op, Program, SoftmaxMode, Target, pack_records, pack_rows, store_row_words,
+                        store_words_written)
 
 SMALL = AcceleratorConfig(name="small4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
                           weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
@@ -402,6 +403,66 @@ def chained_gemm_case(cfg, rng, m: int, k: int, n1: int, n2: int) -> Case:
     return case
 
 
+def trimmed_store_case(cfg, rng, m: int, k: int, n1: int, n2: int) -> Case:
+    """STOREs of partial column tiles stop at a row's last word holding an element: into A,
+    the words after it keep what A held (a filler LOADed first), which a second GEMM reading
+    every word of the row sees; to memory, the bytes after ``row_elems`` keep their old
+    contents (a sentinel). ``n1``, ``n2`` leave at least one whole word of the last O line
+    empty."""
+    g = Geometry.from_config(cfg)
+    asm, mem = Assembler(g), Layout()
+    wb = g.bus_bytes
+    nt1, nt2 = _ceil(n1, g.cols), _ceil(n2, g.cols)
+    pitch = store_row_words(g, Target.O, nt1)          # A lines of one STOREd row of Y
+    k2 = pitch * wb                                    # the second GEMM reads all of them
+    assert store_words_written(g, Target.O, nt1, n1) < pitch, "choose n1 so a word is skipped"
+    assert store_words_written(g, Target.O, nt2, n2) < store_row_words(g, Target.O, nt2)
+    x = rng.integers(-128, 128, (m, k))
+    w1 = rng.integers(-128, 128, (k, n1))
+    filler = rng.integers(-128, 128, (m, k2))
+    acc1 = I.int_gemm(x, w1, 8, 8)
+    m1, s1 = I.choose_multiplier(np.full(n1, 100.0 / max(1, int(np.abs(acc1).max()))), max_shift=40)
+    y = I.requantize(acc1, m1, s1, 8, True, 0, 0)
+    written = store_words_written(g, Target.O, nt1, n1) * wb
+    a2_rows = np.zeros((m, k2), np.int64)              # A after the STORE into A, per row
+    a2_rows[:, :n1] = y
+    a2_rows[:, written:] = filler[:, written:]
+    w2 = rng.integers(-128, 128, (k2, n2))
+    acc2 = I.int_gemm(a2_rows, w2, 8, 8)
+    m2, s2 = I.choose_multiplier(np.full(n2, 100.0 / max(1, int(np.abs(acc2).max()))), max_shift=40)
+    z = I.requantize(acc2, m2, s2, 8, True, 0, 0)
+    l1, l2 = _ceil(k, wb), pitch
+    xa, fa = mem.take(m * l1 * wb), mem.take(m * k2)
+    asm.data(xa, pack_rows(x, 1, l1 * wb), "x")
+    asm.data(fa, pack_rows(filler, 1, k2), "filler")
+    wa1, wa2 = mem.take(n1 * l1 * wb), mem.take(n2 * l2 * wb)
+    asm.data(wa1, pack_rows(w1.T, 1, l1 * wb), "w1")
+    asm.data(wa2, pack_rows(w2.T, 1, l2 * wb), "w2")
+    p1, p2 = _param_lines(g, n1, 0, m1, s1, 0)[0], _param_lines(g, n2, 0, m2, s2, 0)[0]
+    pa1, pa2 = mem.take(len(p1)), mem.take(len(p2))
+    asm.data(pa1, p1, "p1")
+    asm.data(pa2, p2, "p2")
+    row2 = store_row_words(g, Target.O, nt2) * wb
+    sentinel = rng.integers(-128, 128, (m, row2))
+    za = mem.take(m * row2)
+    asm.data(za, pack_rows(sentinel, 1, row2), "sentinel")
+    mt = _ceil(m, g.rows)
+    a2, b2, o2 = mt * l1, _ceil(n1, g.cols) * l1, mt * g.rows * nt1
+    asm.load(Target.A, xa, m, l1, 0)
+    asm.load(Target.A, fa, m, l2, a2)
+    asm.load(Target.B, wa1, n1, l1, 0)
+    asm.load(Target.B, wa2, n2, l2, b2)
+    asm.load(Target.P, pa1, nt1, 1, 0)
+    asm.load(Target.P, pa2, nt2, 1, nt1)
+    asm.gemm(m, n1, k, a_addr=0, b_addr=0, o_addr=0, p_addr=0, out_bits=8)
+    asm.store_to_a(Target.O, m, nt1, 0, row_elems=n1, a_addr=a2)
+    asm.gemm(m, n2, k2, a_addr=a2, b_addr=b2, o_addr=o2, p_addr=nt1, out_bits=8, a_row_lines=pitch)
+    asm.store(Target.O, za, m, nt2, o2, row_elems=n2, ebytes=1)
+    case = Case("trimmed_store", asm.end())
+    case.expect("Z and the sentinel after it", za, np.concatenate([z, sentinel[:, n2:]], axis=1), 1, row2)
+    return case
+
+
 def lut_case(cfg, rng, rows: int, channels: int) -> Case:
     """GELU-style table lookup of int8 codes (table through LOAD LUT_TABLE), int16 results."""
     g = Geometry.from_config(cfg)
@@ -631,6 +692,22 @@ def test_top_store_into_a(tmp_path):
     _run(tmp_path / "wide", wide, [uniform_attention_case(wide, rng, 7, 19, 6, on_chip=True)], latency=3)
     _run(tmp_path / "small", SMALL, [chained_gemm_case(SMALL, rng, 9, 7, 11, 6),
                                      uniform_attention_case(SMALL, rng, 5, 11, 6, on_chip=True)], latency=2)
+
+
+def test_top_store_stops_after_last_element(tmp_path):
+    """A STORE spends a cycle only on a row's words up to the last one holding an element
+    below row_elems (6x8, 32-bit bus: an O line is two words, so 9 of 16 columns take 3 of
+    4 words, 13 take all 4). Into A the skipped word keeps the filler that the second GEMM
+    then reads; in memory the bytes past row_elems keep the sentinel; results bit-exact and
+    cycles equal to the model, which does not count the skipped words."""
+    rect = AcceleratorConfig(name="rect6x8", rows=6, cols=8, vector_lanes=4, act_buf_bytes=6 * 4 * 64,
+                             weight_buf_bytes=8 * 4 * 64, out_buf_bytes=32 * 64, mem_bus_bits=32,
+                             max_tokens=32, max_channels=32)
+    g = Geometry.from_config(rect)
+    assert [store_words_written(g, Target.O, 2, n) for n in (16, 13, 12, 9, 8, 5, 1, 0)] == [4, 4, 3, 3, 2, 2, 1, 1]
+    assert store_words_written(g, Target.V, 3, 9, 2) == 5     # int16 lanes: two a word
+    rng = np.random.default_rng(53)
+    _run(tmp_path, rect, [trimmed_store_case(rect, rng, 11, 10, 9, 10)], latency=2)
 
 
 def test_store_into_a_interpreter_matches_memory_round_trip():

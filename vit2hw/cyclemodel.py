@@ -28,7 +28,7 @@ from vit2hw.intops import EXP_FRAC, PROB_MAX, PROB_RECIP_SHIFT
 from dataclasses import dataclass
 
 from vit2hw.isa import (INSTR_BYTES, WAIT_OLDER_GEMM, Engine, Geometry, GemmMode, Instruction, Op, Program,
-                        SoftmaxMode, empty_gemm, instr_engine)
+                        SoftmaxMode, empty_gemm, instr_engine, store_words_written)
 
 __all__ = [
     "REQUANT_LATENCY", "move_cycles", "tile_cycles", "layernorm_sqrt_bits", "layernorm_cycles", "softmax_cycles",
@@ -117,7 +117,8 @@ def engine_cycles(instr: Instruction, g: Geometry, lat: int = DEFAULT_MEM_LATENC
         words = instr["rows"] * instr["row_lines"] * g.words_per_line(instr["target"], 1 << instr["ebytes_log2"])
         return words + lat if words else 0
     if op == Op.STORE:
-        return instr["rows"] * instr["row_lines"] * g.words_per_line(instr["target"], 1 << instr["ebytes_log2"])
+        return instr["rows"] * store_words_written(g, instr["target"], instr["row_lines"], instr["row_elems"],
+                                                   1 << instr["ebytes_log2"])
     if op == Op.GEMM:
         if empty_gemm(instr):
             return 0

@@ -49,12 +49,14 @@ __all__ = [
     "WAIT_POS", "field_offsets", "empty_gemm",
     "Instruction", "encode", "decode", "Segment", "Program", "ProgramError",
     "Geometry", "PARAM_RECORD", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
-    "pack_records", "pack_rows", "unpack_rows", "Assembler", "store_row_words",
+    "pack_records", "pack_rows", "unpack_rows", "Assembler", "store_row_words", "store_words_written",
 ]
 
 #: 2: the ``wait`` field and concurrent engines (version-1 programs had no dependencies)
 #: 3: the weight DMA engine; 4: STORE into A (``dst_a``), an on-chip copy on the DMA engine
-ISA_VERSION = 5
+#: 5: the older-GEMM wait bit; 6: a STORE skips a row's trailing words that hold no element
+#: below ``row_elems`` (fewer cycles; into A those lines keep what they held)
+ISA_VERSION = 6
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 OPCODE_BITS = 8
@@ -474,6 +476,22 @@ class Geometry:
 def store_row_words(g: Geometry, target: "Target | int", row_lines: int, ebytes: int = 1) -> int:
     """Bus words a STORE writes per row: the A lines per row of a STORE into A."""
     return row_lines * g.words_per_line(target, ebytes)
+
+
+def store_words_written(g: Geometry, target: "Target | int", row_lines: int, row_elems: int,
+                        ebytes: int = 1) -> int:
+    """Bus words a STORE writes (and cycles it spends) per row: up to the last word holding an
+    element below ``row_elems``, at least one. A row's words follow its elements in order
+    (line by line, each line's lanes packed into whole words), so the words after that one
+    would carry no byte strobe: the partial last column tile of a GEMM result (P·V's 64
+    columns on 48-column tiles: 4 of 6 words) or the padding beat of a vector row."""
+    t = Target(target)
+    lanes = g.cols if t == Target.O else g.lanes
+    wpl = g.words_per_line(t, ebytes)
+    last = min(int(row_elems), row_lines * lanes) - 1
+    if last < 0:
+        return 1 if row_lines else 0
+    return (last // lanes) * wpl + (last % lanes) * ebytes // g.bus_bytes + 1
 
 
 # ------------------------------------------------------------------ record formats

@@ -22,7 +22,7 @@ import numpy as np
 
 from vit2hw import intops as I
 from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Geometry,
-                        GemmMode, Instruction, Op, Program, Target)
+                        GemmMode, Instruction, Op, Program, Target, store_words_written)
 
 __all__ = ["MachineState", "IsaSimError", "new_memory", "execute", "run_program"]
 
@@ -147,8 +147,10 @@ def _store(st: MachineState, mem: np.ndarray, ins: Instruction) -> None:
     offs = ((e // lanes) * line_bytes + (e % lanes) * eb)[:, None] + np.arange(eb)[None, :]
     offs = offs.reshape(-1)
     if ins.get("dst_a"):
-        # the words go into A as a LOAD of them would place them; unwritten bytes are zero
+        # the words go into A as a LOAD of them would place them; cleared bytes of a written
+        # word are zero, and the row's trailing words without an element are not written
         words = rl * wpl
+        written = store_words_written(g, t, rl, n_el, eb)
         row = np.zeros((rows, rl * line_bytes), np.uint8)
         row[:, offs] = padded[:, offs]
         a0 = ins["a_addr"]
@@ -156,7 +158,7 @@ def _store(st: MachineState, mem: np.ndarray, ins: Instruction) -> None:
         lines = row.reshape(rows, words, g.bus_bytes)
         for i in range(rows):
             base = a0 + (i // g.rows) * words
-            st.a[i % g.rows, base:base + words] = lines[i]
+            st.a[i % g.rows, base:base + written] = lines[i, :written]
         return
     base = ins["ext_addr"] + np.arange(rows)[:, None] * ins["ext_stride"]
     idx = base + offs[None, :]
