@@ -8,6 +8,8 @@ capacity errors, per-instruction node attribution, cycle bookkeeping and determi
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -226,13 +228,9 @@ def test_capacity_errors(digits_log2, kw, msg):
         schedule(digits_log2, cfg)
 
 
-@pytest.mark.parametrize("attn", ["log2", "uniform"])
-def test_deit_tiny_block_bit_exact(attn):
-    """One DeiT-Tiny block (197 tokens, 192 channels, 3 heads; synthetic weights) on the zcu102
-    and default presets: the interpreted program equals the reference exactly. With uniform
-    8-bit probabilities the zcu102 scores loop takes 80, 80 and 37 rows per head, so a head's
-    short last chunk is followed, two chunks later, by a longer one whose scores reach into the
-    lines where the short chunk's P·V output waits for its STORE (it must be stored first)."""
+@functools.lru_cache(maxsize=None)
+def _deit_block(attn: str):
+    """A one-block DeiT-Tiny (synthetic weights) quantized W8A8, and the two images used."""
     import dataclasses
 
     import torch
@@ -243,7 +241,29 @@ def test_deit_tiny_block_bit_exact(attn):
     model = create_model("deit_tiny", "synthetic")
     model.blocks = torch.nn.ModuleList(list(model.blocks)[:1])
     imgs = np.random.default_rng(0).integers(0, 256, (2, 3, 224, 224)).astype(np.uint8)
-    g = quantize_model(model, spec, imgs, "8", "fqvit", progress=False, attn=attn).graph
+    return quantize_model(model, spec, imgs, "8", "fqvit", progress=False, attn=attn).graph, imgs
+
+
+def test_deit_tiny_layernorm_output_loaded_once():
+    """On zcu102 q and k read LayerNorm 1's 197 rows from A as 5 row blocks: each GEMM's
+    blocks take their own places in A's two halves, so k finds all of q's blocks there and
+    each block is LOADed once (when blocks took turns at each half's start, k reloaded all)."""
+    g, _ = _deit_block("uniform")
+    sp = schedule(g, get_preset("zcu102"))
+    r = sp.regions["blocks.0.norm1.out"]
+    loads = [n for i, n in zip(sp.program.instructions, sp.per_instr_layer)
+             if i.op == Op.LOAD and i["target"] == Target.A and r.addr <= i["ext_addr"] < r.addr + r.rows * r.stride]
+    assert loads == ["blocks.0.attn.q"] * 5
+
+
+@pytest.mark.parametrize("attn", ["log2", "uniform"])
+def test_deit_tiny_block_bit_exact(attn):
+    """One DeiT-Tiny block (197 tokens, 192 channels, 3 heads; synthetic weights) on the zcu102
+    and default presets: the interpreted program equals the reference exactly. With uniform
+    8-bit probabilities the zcu102 scores loop takes 80, 80 and 37 rows per head, so a head's
+    short last chunk is followed, two chunks later, by a longer one whose scores reach into the
+    lines where the short chunk's P·V output waits for its STORE (it must be stored first)."""
+    g, imgs = _deit_block(attn)
     codes = graph_input(imgs[:1])
     ref = run_graph(g, codes, keep=True)
     # one block's logits see only the class token; the attention output (stored to memory

@@ -495,6 +495,8 @@ class _Scheduler:
         col_blocks = [(j * blk.tn * C, min(blk.tn * C, n - j * blk.tn * C)) for j in range(_ceil(nt, blk.tn))]
         pairs = ([(rb, cb) for rb in row_blocks for cb in col_blocks] if blk.order == "rows"
                  else [(rb, cb) for cb in col_blocks for rb in row_blocks])
+        # an activation A operand whose row blocks all fit the two halves side by side
+        a_spread = (not a.const and double and _ceil(len(row_blocks), 2) * blk.tm * lines <= g.a_depth // 2)
         # a block's STOREs are emitted after the next block's GEMM: in program order they then
         # follow that GEMM's issue, and drain its O lines while the array fills others
         if not double:
@@ -539,7 +541,16 @@ class _Scheduler:
                 self.flush_stores_into(mat.addr + row0 * mat.stride, nrows, mat.stride, lines * wb)
             for key in acts:
                 mat, row0, nrows, t = operands[key]
-                at[key] = self.load_half(t, mat.addr + row0 * mat.stride, nrows, lines, mat.stride, double)
+                src = mat.addr + row0 * mat.stride
+                if key == "a" and a_spread:
+                    # row block i in half i % 2, at its own place in it: still double buffered,
+                    # and the whole operand stays in A for a later GEMM reading the same rows
+                    # (q, then k, from LayerNorm 1's output) or for this one's next column block
+                    bi = row0 // (blk.tm * R)
+                    spad = (bi % 2) * (g.a_depth // 2) + (bi // 2) * blk.tm * lines
+                    at[key] = self.load(t, src, nrows, lines, spad, mat.stride)
+                else:
+                    at[key] = self.load_half(t, src, nrows, lines, mat.stride, double)
             a_sp, b_sp = at["a"], at["b"]
             o_sp = self.halves.take_o(tmb * R * tnb) if double else 0
             ext = out.addr + r0 * out.stride + (out_col0 + c0) * eb
