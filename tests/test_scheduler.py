@@ -263,20 +263,48 @@ def test_deit_tiny_block_bit_exact(attn):
     8-bit probabilities the zcu102 scores loop takes 80, 80 and 37 rows per head, so a head's
     short last chunk is followed, two chunks later, by a longer one whose scores reach into the
     lines where the short chunk's P·V output waits for its STORE (it must be stored first)."""
+    g, _ = _deit_block(attn)
+    for cfg in (get_preset("zcu102"), get_preset("default")):
+        _check_deit_block(schedule(g, cfg), cfg, attn)
+
+
+def _check_deit_block(sp, cfg, attn: str) -> None:
+    """``sp`` (a schedule of ``_deit_block(attn)``) interpreted on its first image gives the
+    reference's logits and attention output exactly."""
     g, imgs = _deit_block(attn)
     codes = graph_input(imgs[:1])
     ref = run_graph(g, codes, keep=True)
     # one block's logits see only the class token; the attention output (stored to memory
     # for the projection) has every token's row
     attn_out = "blocks.0.attn.out"
-    for cfg in (get_preset("zcu102"), get_preset("default")):
-        sp = schedule(g, cfg)
-        (pout,) = sp.outputs.values()
-        mem = _run_image(sp, cfg, codes[0])
-        np.testing.assert_array_equal(read_output(mem, pout), ref[g.outputs[0]][0])
-        r = sp.regions[attn_out]
-        got = unpack_rows(bytes(mem[r.addr:r.addr + r.rows * r.stride]), r.rows, r.cols, r.ebytes, r.stride, True)
-        np.testing.assert_array_equal(got.reshape(ref[attn_out][0].shape), ref[attn_out][0])
+    (pout,) = sp.outputs.values()
+    mem = _run_image(sp, cfg, codes[0])
+    np.testing.assert_array_equal(read_output(mem, pout), ref[g.outputs[0]][0])
+    r = sp.regions[attn_out]
+    got = unpack_rows(bytes(mem[r.addr:r.addr + r.rows * r.stride]), r.rows, r.cols, r.ebytes, r.stride, True)
+    np.testing.assert_array_equal(got.reshape(ref[attn_out][0].shape), ref[attn_out][0])
+
+
+def test_scores_chunks_of_one_row_tile():
+    """``scores_rows`` caps a scores loop's chunk: on zcu102 with 40 (one row tile) every
+    SOFTMAX normalizes at most 40 rows and every P·V GEMM covers one row tile, where the
+    uncapped loop takes 80-row chunks; both programs stay bit-exact. schedule() also tries
+    the one-tile chunks and keeps them only when shorter: its program takes no more cycles
+    than the uncapped one."""
+    g, _ = _deit_block("uniform")
+    cfg = get_preset("zcu102")
+    cycles = {}
+    for cap in (0, cfg.rows):
+        sp = schedule(g, cfg, scores_rows=cap)
+        sm = [i["rows"] for i in sp.program.instructions if i.op == Op.SOFTMAX]
+        av = [i["m_tiles"] for i, n in zip(sp.program.instructions, sp.per_instr_layer)
+              if i.op == Op.GEMM and n == "blocks.0.attn.av"]
+        assert max(sm) == (cfg.rows if cap else 2 * cfg.rows) and max(av) == (1 if cap else 2)
+        _check_deit_block(sp, cfg, "uniform")
+        cycles[cap] = program_cycles(sp.program, cfg)
+    assert program_cycles(schedule(g, cfg).program, cfg) <= cycles[0]
+    with pytest.raises(ValueError, match="scores_rows"):
+        schedule(g, cfg, scores_rows=-1)
 
 
 def test_interleaving_keeps_every_dependent_pair_and_saves_cycles(digits_log2):

@@ -277,8 +277,11 @@ class _Halves:
 
 class _Scheduler:
     def __init__(self, graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True,
-                 overlap_blocking: bool = False, weight_regions: bool = False):
+                 overlap_blocking: bool = False, weight_regions: bool = False, scores_rows: int = 0):
         self.interleave = interleave
+        # rows per chunk of a scores loop at most (0: as many as the buffers allow)
+        self.scores_rows = scores_rows
+        self.scores_rows_used = 0                     # the largest chunk a scores loop took
         self.overlap_blocking = overlap_blocking
         self.graph = graph
         self.config = config
@@ -754,6 +757,9 @@ class _Scheduler:
         av = self.pv_fused.get(node.name)
         pv = self.attn_v_plan(av) if av is not None else None
         per = self.scores_chunk_rows(node, _ceil(pv.head_width, g.cols) if pv is not None else 0)
+        if self.scores_rows:
+            per = min(per, self.scores_rows)
+        self.scores_rows_used = max(self.scores_rows_used, per)
         qr, kr, yr = self.regions[q], self.regions[k], self.regions[sm.output]
         lineb = g.cols * RECORD_BYTES
         # the probabilities go from V into A on chip (STORE into A) when P·V is the only use
@@ -1388,7 +1394,8 @@ class _Scheduler:
 
 
 def schedule(graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bool = True,
-             blocking: str | None = None, weight_regions: bool | None = None) -> ScheduledProgram:
+             blocking: str | None = None, weight_regions: bool | None = None,
+             scores_rows: int | None = None) -> ScheduledProgram:
     """Lower ``graph`` onto ``config`` (an ``AcceleratorConfig``): instructions, memory plan,
     input/output placements and per-instruction node attribution. ``interleave``: reorder
     the instructions across nodes (:func:`vit2hw.reorder.reorder`); off, they stay node by node.
@@ -1402,15 +1409,31 @@ def schedule(graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bo
     (``cyclemodel.program_cycles``; the first on a tie) is returned. ``blocking``
     ("serial" or "overlap") uses that model only. Each is also tried with B's two weight
     regions (weights that fit one loaded there in turn, B's halves shrunk to the rest) unless
-    ``weight_regions`` says whether to use them."""
+    ``weight_regions`` says whether to use them.
+
+    ``scores_rows`` caps the rows per chunk of an on-chip scores loop (0: as many as the
+    buffers allow). Left None, the best of the programs above is also built with chunks of
+    one row tile when its loops took more, and the shorter kept: smaller chunks shorten the
+    wait of each P·V for its softmax and STORE (ZCU102, DeiT-Tiny: 80-row chunks leave the
+    array 30 K cycles idle inside the attention), but what the attention gains can be lost
+    where the weight DMA then lags, so only the replayed timeline decides."""
     graph.validate()
     if blocking not in (None, "serial", "overlap"):
         raise ValueError(f"blocking must be 'serial', 'overlap' or None, got {blocking!r}")
+    if scores_rows is not None and scores_rows < 0:
+        raise ValueError(f"scores_rows must be 0 (no cap) or positive, got {scores_rows}")
     best = None
     for overlap in ((False, True) if blocking is None else (blocking == "overlap",)):
         for regions in ((False, True) if weight_regions is None else (bool(weight_regions),)):
-            sp = _Scheduler(graph, config, mem_latency, interleave, overlap, regions).run()
+            s = _Scheduler(graph, config, mem_latency, interleave, overlap, regions, scores_rows or 0)
+            sp = s.run()
             cycles = program_cycles(sp.program, config, mem_latency)
             if best is None or cycles < best[0]:
-                best = (cycles, sp)
-    return best[1]
+                best = (cycles, sp, overlap, regions, s.scores_rows_used)
+    cycles, sp, overlap, regions, used = best
+    tile = Geometry.from_config(config).rows
+    if scores_rows is None and used > tile:
+        alt = _Scheduler(graph, config, mem_latency, interleave, overlap, regions, tile).run()
+        if program_cycles(alt.program, config, mem_latency) < cycles:
+            sp = alt
+    return sp
