@@ -259,10 +259,11 @@ def test_deit_tiny_layernorm_output_loaded_once():
 @pytest.mark.parametrize("attn", ["log2", "uniform"])
 def test_deit_tiny_block_bit_exact(attn):
     """One DeiT-Tiny block (197 tokens, 192 channels, 3 heads; synthetic weights) on the zcu102
-    and default presets: the interpreted program equals the reference exactly. With uniform
-    8-bit probabilities the zcu102 scores loop takes 80, 80 and 37 rows per head, so a head's
-    short last chunk is followed, two chunks later, by a longer one whose scores reach into the
-    lines where the short chunk's P·V output waits for its STORE (it must be stored first)."""
+    and default presets: the interpreted program equals the reference exactly. On zcu102 the
+    scores loop takes 40, 40, 40, 40 and 37 rows per head (80, 80 and 37 uncapped:
+    test_scores_chunks_of_one_row_tile), so a head's short last chunk is followed, two chunks
+    later, by a longer one whose scores reach into the lines where the short chunk's P·V
+    output waits for its STORE (it must be stored first)."""
     g, _ = _deit_block(attn)
     for cfg in (get_preset("zcu102"), get_preset("default")):
         _check_deit_block(schedule(g, cfg), cfg, attn)
