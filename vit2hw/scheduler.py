@@ -1431,9 +1431,8 @@ def schedule(graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bo
             if best is None or cycles < best[0]:
                 best = (cycles, sp, overlap, regions, s.scores_rows_used)
     cycles, sp, overlap, regions, used = best
-    tile = Geometry.from_config(config).rows
-    if scores_rows is None and used > tile:
-        alt = _Scheduler(graph, config, mem_latency, interleave, overlap, regions, tile).run()
+    if scores_rows is None and used > config.rows:
+        alt = _Scheduler(graph, config, mem_latency, interleave, overlap, regions, config.rows).run()
         if program_cycles(alt.program, config, mem_latency) < cycles:
             sp = alt
     return sp
