@@ -385,6 +385,9 @@ class VectorEngine(wiring.Component):
             "res_const": In(const_write_signature(ceil_log2(max_ch), self.vu.const_layout)),
             "lut_wr": In(const_write_signature(8, signed(16))),
             "o_rd": Out(read_port_signature(g.cols * 32, g.o_depth, 1)),
+            # SOFTMAX into A (dst_a): a beat's low bytes as one A line (lanes == bus bytes only)
+            "aw": Out(wiring.Signature({"en": Out(1), "bank": Out(range(max(g.rows, 2))), "addr": Out(24),
+                                        "data": Out(g.bus_bytes * 8)})),
         })
 
     def elaborate(self, platform):
@@ -502,7 +505,30 @@ class VectorEngine(wiring.Component):
                     Mux(unit == 1, sm.o.payload[l].as_unsigned(),
                         Mux(unit == 2, vu.o.payload[l].as_signed(), moved))))
         fire_out = Mux(unit == 0, ln.o.valid, Mux(unit == 1, sm.o.valid, Mux(unit == 2, vu.o.valid, mv_valid)))
-        m.d.comb += [self.vw.en.eq(running & fire_out), self.vw.addr.eq(pw), self.vw.data.eq(out)]
+        to_a = Signal()
+        m.d.comb += [self.vw.en.eq(running & fire_out & ~to_a), self.vw.addr.eq(pw), self.vw.data.eq(out)]
         with m.If(self.vw.en & ~self.go):
             m.d.sync += pw.eq(pw + 1)
+        if L == g.bus_bytes:
+            # row i's beats fill A lines a_addr + (i // rows)·pitch + j of bank i % rows (as a
+            # STORE of V lines into A places them; pitch = beats a row)
+            a_bank = Signal(range(max(g.rows, 2)))
+            a_line, a_row0 = Signal(24), Signal(24)
+            pitch, beat = Signal(16), Signal(16)
+            with m.If(self.go):
+                m.d.sync += [to_a.eq((op == Op.SOFTMAX) & v_sm.dst_a), a_bank.eq(0), a_line.eq(v_sm.a_addr),
+                             a_row0.eq(v_sm.a_addr), beat.eq(0),
+                             pitch.eq((v_sm.length + (L - 1)) >> (L - 1).bit_length())]
+            fire_a = running & fire_out & to_a
+            m.d.comb += [self.aw.en.eq(fire_a), self.aw.bank.eq(a_bank), self.aw.addr.eq(a_line),
+                         self.aw.data.eq(Cat(*[out[l * 32:l * 32 + 8] for l in range(L)]))]
+            with m.If(fire_a & ~self.go):
+                with m.If(beat == pitch - 1):
+                    m.d.sync += beat.eq(0)
+                    with m.If(a_bank == g.rows - 1):
+                        m.d.sync += [a_bank.eq(0), a_row0.eq(a_row0 + pitch), a_line.eq(a_row0 + pitch)]
+                    with m.Else():
+                        m.d.sync += [a_bank.eq(a_bank + 1), a_line.eq(a_row0)]
+                with m.Else():
+                    m.d.sync += [beat.eq(beat + 1), a_line.eq(a_line + 1)]
         return m

@@ -130,11 +130,14 @@ class Accelerator(wiring.Component):
         for spad, t, src in ((sb, Target.B, ww), (sp, Target.P, ww)):
             m.d.comb += [spad.wr.en.eq(src.en & (src.target == t)), spad.wr.bank.eq(src.bank),
                          spad.wr.addr.eq(src.addr), spad.wr.data.eq(src.data)]
-        # A is written by the DMA engine's LOADs and STOREs into A, never both at once
-        aw = store.aw
-        m.d.comb += [sa.wr.en.eq((lw.en & (lw.target == Target.A)) | aw.en),
-                     sa.wr.bank.eq(Mux(aw.en, aw.bank, lw.bank)), sa.wr.addr.eq(Mux(aw.en, aw.addr, lw.addr)),
-                     sa.wr.data.eq(Mux(aw.en, aw.data, lw.data))]
+        # A is written by the DMA engine's LOADs and STOREs into A and the vector engine's
+        # SOFTMAX into A, never two at once (one engine runs one instruction; vit2hw.hazards
+        # keeps a SOFTMAX into A and the DMA engine's writers of A apart)
+        aw, vaw = store.aw, vec.aw
+        m.d.comb += [sa.wr.en.eq((lw.en & (lw.target == Target.A)) | aw.en | vaw.en),
+                     sa.wr.bank.eq(Mux(vaw.en, vaw.bank, Mux(aw.en, aw.bank, lw.bank))),
+                     sa.wr.addr.eq(Mux(vaw.en, vaw.addr, Mux(aw.en, aw.addr, lw.addr))),
+                     sa.wr.data.eq(Mux(vaw.en, vaw.data, Mux(aw.en, aw.data, lw.data)))]
         # V has a write port per half: a LOAD into one half runs beside a vector instruction
         # writing the other (vit2hw.hazards keeps two writers out of one half)
         m.d.comb += [sv.wr0.en.eq(lw.en & (lw.target == Target.V)), sv.wr0.addr.eq(lw.addr),

@@ -62,6 +62,29 @@ def test_war_on_a_scratchpad_and_the_v_write_ports():
     assert _waits(prog) == [0, GEMM, 0, 0, VEC, 0]
 
 
+def test_softmax_into_a_and_the_dma_engine_share_a_write_port():
+    """A has one write port: a LOAD into A and a STORE into A wait for a running SOFTMAX into A
+    even on other A lines, and a SOFTMAX into A waits for a running LOAD into A; a SOFTMAX into
+    V runs beside a LOAD into A, and the DMA engine's writers of A (one at a time anyway) do
+    not depend on each other through the port."""
+    from vit2hw.reorder import depends
+
+    def prog(asm):
+        asm.softmax(0, 0, 4, 8, a_addr=0)                        # A lines 0..1
+        asm.load(Target.A, 0x100, 4, 2, 8)                       # other A lines: waits
+        asm.softmax(0, 0, 4, 8, a_addr=16)                       # waits for that LOAD
+        asm.store_to_a(Target.O, 4, 1, 0, row_elems=4, a_addr=24)   # waits for the SOFTMAX
+        asm.softmax(0, 8, 4, 8)                                  # into V: no wait
+        asm.load(Target.A, 0x100, 4, 2, 32)
+    assert _waits(prog) == [0, VEC, DMA, VEC, 0, 0, 0]
+    asm = Assembler(G)
+    load = asm.load(Target.A, 0x100, 4, 2, 8)
+    into_a = asm.store_to_a(Target.O, 4, 1, 0, row_elems=4, a_addr=24)
+    sm_a, sm_v = asm.softmax(0, 0, 4, 8, a_addr=0), asm.softmax(0, 0, 4, 8)
+    assert not depends(load, into_a, G) and depends(load, sm_a, G) and depends(sm_a, into_a, G)
+    assert not depends(load, sm_v, G)
+
+
 def test_conflicts_is_symmetric_and_ignores_reads_of_shared_data():
     """Two readers of the same lines never conflict; a reader and a writer always do."""
     g1 = Instruction.make(Op.GEMM, m_tiles=1, n_tiles=1, k_beats=8, a_row_lines=2, b_row_lines=2)

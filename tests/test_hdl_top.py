@@ -301,10 +301,12 @@ def softmax_case(cfg, rng, rows: int, length: int) -> Case:
     return case
 
 
-def uniform_attention_case(cfg, rng, rows: int, length: int, n: int, on_chip: bool = False) -> Case:
+def uniform_attention_case(cfg, rng, rows: int, length: int, n: int, on_chip: bool | str = False) -> Case:
     """Uniform softmax of int16 scores to probabilities 0..127, stored, then loaded as the A
     operand of a multiply-mode P·V GEMM (int8 V, requantized to int8): both results checked.
-    ``on_chip``: the probabilities reach A by a STORE into A instead of through memory."""
+    ``on_chip``: the probabilities reach A by a STORE into A instead of through memory;
+    ``"softmax"``: the SOFTMAX writes them into A itself (only P·V is checked: V never holds
+    them)."""
     g = Geometry.from_config(cfg)
     asm, mem = Assembler(g), Layout()
     wb = g.bus_bytes
@@ -336,10 +338,14 @@ def uniform_attention_case(cfg, rng, rows: int, length: int, n: int, on_chip: bo
     ya = mem.take(rows * out_row)
 
     asm.load(Target.V, ta, rows, lpr, 0, ebytes=2)
-    asm.softmax(0, rows * lpr, rows, length, mode=SoftmaxMode.UNIFORM)
-    asm.store(Target.V, pr, rows, lpr, rows * lpr, row_elems=length, ebytes=1)
+    # A line 1 on: the probabilities' first line is not line 0 of a bank
+    asm.softmax(0, rows * lpr, rows, length, mode=SoftmaxMode.UNIFORM, a_addr=1 if on_chip == "softmax" else None)
+    if on_chip != "softmax":
+        asm.store(Target.V, pr, rows, lpr, rows * lpr, row_elems=length, ebytes=1)
     a_row = None
-    if on_chip:
+    if on_chip == "softmax":
+        a_row = lpr
+    elif on_chip:
         a_row = store_row_words(g, Target.V, lpr)
         asm.store_to_a(Target.V, rows, lpr, rows * lpr, row_elems=length, a_addr=1)
     else:
@@ -349,8 +355,10 @@ def uniform_attention_case(cfg, rng, rows: int, length: int, n: int, on_chip: bo
     asm.gemm(rows, n, length, a_addr=1, b_addr=0, o_addr=0, p_addr=0, out_bits=8, mode=GemmMode.MUL8,
              a_row_lines=a_row)
     asm.store(Target.O, ya, rows, nt, 0, row_elems=n, ebytes=1)
-    case = Case("uniform_pv_on_chip" if on_chip else "uniform_pv", asm.end())
-    case.expect("probs", pr, probs, 1, p_row)
+    case = Case({False: "uniform_pv", True: "uniform_pv_on_chip", "softmax": "uniform_pv_softmax_into_a"}[on_chip],
+                asm.end())
+    if on_chip != "softmax":
+        case.expect("probs", pr, probs, 1, p_row)
     case.expect("PV", ya, want, 1, out_row)
     return case
 
@@ -649,6 +657,20 @@ def test_top_store_into_a(tmp_path):
                                      uniform_attention_case(SMALL, rng, 5, 11, 6, on_chip=True)], latency=2)
 
 
+def test_top_softmax_into_a(tmp_path):
+    """SOFTMAX with dst_a writes its probabilities into A (a beat to an A line, rows taking the
+    banks in turn, from a line other than 0), where the P·V GEMM reads them: 9 rows on 4 banks
+    (three line groups, the last partial) of 11 and of 16 probabilities (a partial and a whole
+    last beat), P·V bit-exact and the cycles those of the model (no cycle more than a SOFTMAX
+    into V), with a slow memory too."""
+    rng = np.random.default_rng(59)
+    cases = [uniform_attention_case(SMALL, rng, 9, 11, 6, on_chip="softmax"),
+             uniform_attention_case(SMALL, rng, 9, 16, 5, on_chip="softmax")]
+    cases[1].name += "_whole_beats"          # programs are written to files named after their case
+    _run(tmp_path / "fast", SMALL, cases)
+    _run(tmp_path / "slow", SMALL, cases[:1], latency=3)
+
+
 def test_top_store_stops_after_last_element(tmp_path):
     """A STORE spends a cycle only on a row's words up to the last one holding an element
     below row_elems (6x8, 32-bit bus: an O line is two words, so 9 of 16 columns take 3 of
@@ -669,11 +691,12 @@ def test_top_store_stops_after_last_element(tmp_path):
 
 def test_store_into_a_interpreter_matches_memory_round_trip():
     """The ISA interpreter's STORE into A leaves A exactly as STORE to memory + LOAD of those
-    rows would (bytes of elements past row_elems zero), so the P·V outputs agree; and the
-    STORE into A touches no external memory (hazards) and moves no DRAM bytes."""
+    rows would (bytes of elements past row_elems zero), and so does a SOFTMAX into A for the
+    K steps the GEMM reads, so the P·V outputs agree; and the STORE into A touches no
+    external memory (hazards) and moves no DRAM bytes."""
     from vit2hw.hazards import accesses, dram_span
     from vit2hw.isasim import run_program
-    for on_chip in (False, True):
+    for on_chip in (False, True, "softmax"):
         case = uniform_attention_case(SMALL, np.random.default_rng(3), 5, 11, 6, on_chip=on_chip)
         mem = run_program(case.program, SMALL, mem_size=MEM_SIZE)
         for chk in case.checks:

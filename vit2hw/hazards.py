@@ -7,13 +7,15 @@ engine's *latest* instruction (the only one of it that can still be running: an 
 runs one instruction at a time, and every earlier one of it finished before the latest
 started; the GEMM engine's latest two, as it takes a GEMM while the previous one drains)
 touches the same storage with at least one of the two writing, or when both write
-the same half of the V scratchpad (one write port per half). :func:`assign_waits` sets exactly those bits;
+the same half of the V scratchpad (one write port per half), or both write A (one write
+port). :func:`assign_waits` sets exactly those bits;
 :func:`conflicts` is the test both it and the timing checks in the tests use.
 
 Storage is described as half-open line ranges per space (:class:`Span`): the scratchpads
 A, B, O, V, P (lines; A and B over all banks), the three constant memories (entries), and
 the pseudo-space ``VWRITE`` for V's two write ports (V is stored as two halves, lines
-below ``ceil(v_depth/2)`` and the rest, each with one write port: ``VWRITE`` 0 / 1), and
+below ``ceil(v_depth/2)`` and the rest, each with one write port: ``VWRITE`` 0 / 1), the
+pseudo-space ``AWRITE`` for A's one write port (:data:`A_PORT`), and
 external memory (``DRAM``, bytes): the weight DMA's LOADs (e.g. of keys into B) may read what
 a STORE of the DMA engine is still writing. Instruction fetches are not tracked: programs
 never write their own instructions.
@@ -29,7 +31,7 @@ from vit2hw.isa import (WAIT_OLDER_GEMM, Engine, Geometry, Instruction, Op, Targ
 
 T = TypeVar("T")
 
-__all__ = ["Span", "accesses", "conflicts", "spans_conflict", "assign_waits", "in_flight", "Running", "v_half_lines", "dram_span"]
+__all__ = ["Span", "A_PORT", "accesses", "conflicts", "spans_conflict", "assign_waits", "in_flight", "Running", "v_half_lines", "dram_span"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,14 @@ def _ceil(a: int, b: int) -> int:
 def v_half_lines(g: Geometry) -> int:
     """Lines in V's low half (``hdl.scratchpad.SplitScratchpad.depth_lo``)."""
     return _ceil(g.v_depth, 2)
+
+
+#: A's single write port, shared by the DMA engine (LOADs and STOREs into A) and the vector
+#: engine (SOFTMAX into A). The DMA engine's writers list it among their reads and the vector
+#: engine's among its writes, so a DMA writer and a SOFTMAX into A never run at the same time
+#: while the DMA engine's writers (one at a time anyway) stay free to be reordered among
+#: themselves.
+A_PORT = Span("AWRITE", 0, 1)
 
 
 def _v_port(lo: int, n: int, g: Geometry) -> Span:
@@ -84,13 +94,16 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
         w = [Span(t.name, spad, spad + n)]
         if t == Target.V:
             w.append(_v_port(spad, n, g))
-        return [ext] if ext else [], w
+        reads = [ext] if ext else []
+        if t == Target.A:
+            reads.append(A_PORT)
+        return reads, w
     if op == Op.STORE:
         t = Target(ins["target"])
         reads = [Span(t.name, ins["spad_addr"], ins["spad_addr"] + ins["rows"] * ins["row_lines"])]
         if ins.get("dst_a"):
             w = store_row_words(g, t, ins["row_lines"], 1 << ins["ebytes_log2"])
-            return reads, [Span("A", ins["a_addr"], ins["a_addr"] + _ceil(ins["rows"], g.rows) * w)]
+            return reads + [A_PORT], [Span("A", ins["a_addr"], ins["a_addr"] + _ceil(ins["rows"], g.rows) * w)]
         return reads, [ext] if ext else []
     if op == Op.GEMM:
         mt, nt = ins["m_tiles"], ins["n_tiles"]
@@ -114,6 +127,9 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
         n = ins["rows"] * _ceil(ins["length"], g.lanes)
         src = (Span("O", ins["src"], ins["src"] + ins["rows"] * ins["src_row_lines"]) if ins.get("src_o", 0)
                else Span("V", ins["src"], ins["src"] + n))
+        if ins.get("dst_a", 0):
+            a = ins["a_addr"]
+            return [src], [Span("A", a, a + _ceil(ins["rows"], g.rows) * _ceil(ins["length"], g.lanes)), A_PORT]
         return [src], [Span("V", ins["dst"], ins["dst"] + n), _v_port(ins["dst"], n, g)]
     if op == Op.LUT:
         n = ins["lines"]
@@ -141,7 +157,8 @@ def spans_conflict(ra: Sequence[Span], wa: Sequence[Span], rb: Sequence[Span], w
 
 
 def conflicts(a: Instruction, b: Instruction, g: Geometry) -> bool:
-    """True when ``a`` and ``b`` must not run at the same time (RAW, WAR, WAW or a V write half)."""
+    """True when ``a`` and ``b`` must not run at the same time (RAW, WAR, WAW, a V write half or
+    A's write port)."""
     return spans_conflict(*accesses(a, g), *accesses(b, g))
 
 

@@ -56,7 +56,7 @@ __all__ = [
 #: 3: the weight DMA engine; 4: STORE into A (``dst_a``), an on-chip copy on the DMA engine
 #: 5: the older-GEMM wait bit; 6: a STORE skips a row's trailing words that hold no element
 #: below ``row_elems`` (fewer cycles; into A those lines keep what they held)
-ISA_VERSION = 6
+ISA_VERSION = 7
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 OPCODE_BITS = 8
@@ -182,7 +182,10 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
               "bias_pairs:u1"),
     Op.LAYERNORM: ("src:u24", "dst:u24", "rows:u16", "channels:u16", "out_bits:u6", "out_zp:s16"),
     # ``mode`` was appended (bit 88) so that words written before it decode as log2 softmax
-    Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16", "mode:u1", "src_o:u1", "src_row_lines:u16"),
+    Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16", "mode:u1", "src_o:u1", "src_row_lines:u16",
+                 # appended (bit 106): the probabilities go into A from line ``a_addr`` (one byte
+                 # per element, as a STORE of them into A would place them) instead of into V
+                 "dst_a:u1", "a_addr:u24"),
     Op.LUT: ("src:u24", "dst:u24", "lines:u24", "lut_bits:u4"),
     Op.RESIDUAL_ADD: ("src_a:u24", "src_b:u24", "dst:u24", "lines:u24", "channels:u16",
                       "out_bits:u6", "out_zp:s16"),
@@ -687,11 +690,18 @@ class Assembler:
                          out_bits=out_bits, out_zp=out_zp)
 
     def softmax(self, src: int, dst: int, rows: int, length: int,
-                mode: SoftmaxMode = SoftmaxMode.LOG2, src_row_lines: int = 0) -> Instruction:
+                mode: SoftmaxMode = SoftmaxMode.LOG2, src_row_lines: int = 0,
+                a_addr: int | None = None) -> Instruction:
         """Softmax of ``rows`` rows of ``length`` scores into V from line ``dst``. The scores come
         from V lines ``src`` on (``ceil(length/lanes)`` per row) or, with ``src_row_lines`` > 0,
         straight from O: row ``i`` is the lanes of O lines ``src + i·src_row_lines`` on, in order
-        (a GEMM's int16 scores, read where the array left them)."""
+        (a GEMM's int16 scores, read where the array left them).
+
+        With ``a_addr`` the probabilities go into A instead of V (``dst`` unused): the low byte
+        of each output lane, a beat to a line, row ``i``'s ``w = ceil(length/lanes)`` lines at
+        ``a_addr + (i // rows_of_array)·w`` of bank ``i % rows_of_array`` — where a STORE of the
+        V lines into A (:meth:`store_to_a`, one byte per element) would put them, except that
+        the padding lanes of a row's last line keep the unit's padding output instead of zero."""
         g = self.g
         if length > g.max_tokens:
             raise ProgramError(f"softmax rows of {length} exceed the unit's {g.max_tokens}")
@@ -704,8 +714,16 @@ class Assembler:
                                    f"{src_row_lines} O lines of {g.cols}")
             if src + rows * src_row_lines > g.o_depth:
                 raise ProgramError(f"SOFTMAX from O reads past O's {g.o_depth} lines")
+        if a_addr is not None:
+            if g.lanes != g.bus_bytes:
+                raise ProgramError(f"SOFTMAX into A needs the {g.lanes} vector lanes to fill one "
+                                   f"{g.bus_bytes}-byte A line a beat")
+            last = a_addr + -(-rows // g.rows) * -(-length // g.lanes)
+            if last > g.a_depth:
+                raise ProgramError(f"SOFTMAX into A ends at line {last} > depth {g.a_depth}")
         return self.emit(Op.SOFTMAX, src=src, dst=dst, rows=rows, length=length, mode=int(mode),
-                         src_o=int(src_row_lines > 0), src_row_lines=src_row_lines)
+                         src_o=int(src_row_lines > 0), src_row_lines=src_row_lines,
+                         dst_a=int(a_addr is not None), a_addr=a_addr or 0)
 
     def lut(self, src: int, dst: int, lines: int, lut_bits: int = 8) -> Instruction:
         return self.emit(Op.LUT, src=src, dst=dst, lines=lines, lut_bits=lut_bits)

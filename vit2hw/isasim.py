@@ -281,6 +281,19 @@ def _softmax(st: MachineState, ins: Instruction) -> None:
     codes = (I.uniform_softmax if uniform else I.log_int_softmax)(t)
     out = np.full((rows, lpr * L), 0 if uniform else I.LOG2_ZERO_CODE, np.int64)
     out[:, :n] = codes
+    if ins.get("dst_a", 0):
+        # a beat's low bytes are one A line; row i's lines go to bank i % rows, as a STORE of
+        # the V lines into A would place them
+        g = st.g
+        if L != g.bus_bytes:
+            raise IsaSimError(f"SOFTMAX into A needs lanes ({L}) equal to the bus bytes ({g.bus_bytes})")
+        a0 = ins["a_addr"]
+        _span(_ceil(rows, g.rows) * lpr, st.a.shape[1], "SOFTMAX into A", a0)
+        lines = (out & 0xFF).astype(np.uint8).reshape(rows, lpr, L)
+        for i in range(rows):
+            base = a0 + (i // g.rows) * lpr
+            st.a[i % g.rows, base:base + lpr] = lines[i]
+        return
     _vec_out(st, ins["dst"], out.reshape(rows * lpr, L), "SOFTMAX")
 
 

@@ -746,7 +746,9 @@ class _Scheduler:
         """``softmax(Q·Kᵀ)`` per head, chunk by chunk of rows, without the scores leaving the
         chip: GEMM (into the O ring, ``take_o``) → SOFTMAX reading the scores from O (probabilities into
         one V half) → STORE of the probabilities; chunks alternate V halves, so the array
-        computes the next chunk's scores while the vector engine normalizes this one."""
+        computes the next chunk's scores while the vector engine normalizes this one. When P·V
+        is the probabilities' only use and a softmax beat fills an A line, the SOFTMAX writes
+        them into A itself (no STORE), alternating two quarters of A."""
         g = self.g
         q, k = node.inputs
         h = node.attrs["heads"]
@@ -774,65 +776,92 @@ class _Scheduler:
         a_sp = None
         p_turn = 0                                 # the quarter the next probabilities go to
 
-        def probs(chunk) -> int:
-            nonlocal p_turn
-            if not on_chip:
-                return self.vec_store(*chunk)
-            p_turn ^= 1
-            return self.probs_to_a(*chunk, a_sp=(3 - p_turn) * quarter if slots else None)
+        # the softmax writes the probabilities into A itself when a beat fills an A line and
+        # they take turns between two quarters (the P·V of a chunk runs after the next chunk's
+        # softmax, so that softmax must not write where the P·V reads); otherwise they go
+        # through V and a STORE into A
+        direct = slots and g.lanes == g.bus_bytes
 
-        for hd in range(h):
-            for r0 in range(0, n, per):
-                rows = min(per, n - r0)
-                # (re)loaded only when the P·V of the previous chunk took their half
-                p_base = self.load_half(Target.P, p.addr, nt, 1, lineb, True)
-                b_sp = self.load_half(Target.B, kr.addr + hd * d, n, lines, kr.stride, True)
-                q_src = qr.addr + hd * d + r0 * qr.stride
-                if slots:
-                    a_sp = self.load(Target.A, q_src, rows, lines, turn * quarter, qr.stride)
-                else:
-                    a_sp = self.load_half(Target.A, q_src, rows, lines, qr.stride, True)
-                v = turn * half
-                turn ^= 1
-                # this chunk's scores and P·V output: one O allocation, the P·V after the scores
-                o_lines = _ceil(rows, g.rows) * g.rows * (nt + (_ceil(pv.head_width, g.cols) if pv is not None else 0))
-                o_sp = self.halves.take_o(o_lines)
-                # the P·V output of two chunks back may lie in those lines (a short last chunk of
-                # a head before a longer chunk) and its STORE is still pending: store it first
-                self.flush_stores()
-                self.asm.gemm(rows, n, d, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_base,
-                              out_bits=self.spec(node.output).bits, mode=GemmMode.MUL8)
-                first = len(self.asm.program.instructions)
-                self.asm.softmax(o_sp, v, rows, length, SoftmaxMode(extra.get(SOFTMAX_MODE_FIELD, 0)),
-                                 src_row_lines=nt)
-                if pending is not None:
-                    a_sp = probs(pending[0])
-                self.attribute(first, sm.name)
-                # the previous chunk's P·V, its probabilities just stored, while the vector
-                # engine normalizes this chunk
-                if pending is not None and pv is not None:
-                    self.pv_chunk(av, pv, *pending[1], a_sp=a_sp)
-                # (the probabilities' STORE, the chunk's P·V: its output goes into the scores'
-                # O lines, after the scores)
-                pending = ((yr, hd * n + r0, rows, lpr, v),
-                           (hd, r0, rows, o_sp + _ceil(rows, g.rows) * g.rows * nt))
+        def probs_slot() -> int | None:
+            nonlocal p_turn
+            p_turn ^= 1
+            return (3 - p_turn) * quarter if slots else None
+
+        def probs(chunk) -> int:
+            if direct:
+                return chunk[-1]
+            if not on_chip:
+                return self.vec_store(*chunk[:-1])
+            return self.probs_to_a(*chunk[:-1], a_sp=probs_slot())
+
+        chunks = [(hd, r0, min(per, n - r0)) for hd in range(h) for r0 in range(0, n, per)]
+
+        def load_q(c: int) -> int:
+            hd, r0, rows = chunks[c]
+            q_src = qr.addr + hd * d + r0 * qr.stride
+            if slots:
+                return self.load(Target.A, q_src, rows, lines, (c % 2) * quarter, qr.stride)
+            return self.load_half(Target.A, q_src, rows, lines, qr.stride, True)
+
+        q_next = None
+        for c, (hd, r0, rows) in enumerate(chunks):
+            # (re)loaded only when the P·V of the previous chunk took their half
+            p_base = self.load_half(Target.P, p.addr, nt, 1, lineb, True)
+            b_sp = self.load_half(Target.B, kr.addr + hd * d, n, lines, kr.stride, True)
+            # with the probabilities written into A by the softmax, the next chunk's q rows
+            # are loaded before it (below): A's one write port is the softmax's while it runs
+            a_sp = q_next if q_next is not None else load_q(c)
+            q_next = None
+            v = turn * half
+            turn ^= 1
+            # this chunk's scores and P·V output: one O allocation, the P·V after the scores
+            o_lines = _ceil(rows, g.rows) * g.rows * (nt + (_ceil(pv.head_width, g.cols) if pv is not None else 0))
+            o_sp = self.halves.take_o(o_lines)
+            # the P·V output of two chunks back may lie in those lines (a short last chunk of
+            # a head before a longer chunk) and its STORE is still pending: store it first
+            self.flush_stores()
+            self.asm.gemm(rows, n, d, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_base,
+                          out_bits=self.spec(node.output).bits, mode=GemmMode.MUL8)
+            if direct and c + 1 < len(chunks):
+                q_next = load_q(c + 1)
+            first = len(self.asm.program.instructions)
+            p_sp = self.probs_place(yr, hd * n + r0, rows, lpr, probs_slot()) if direct else None
+            self.asm.softmax(o_sp, v, rows, length, SoftmaxMode(extra.get(SOFTMAX_MODE_FIELD, 0)),
+                             src_row_lines=nt, a_addr=p_sp)
+            if pending is not None:
+                a_sp = probs(pending[0])
+            self.attribute(first, sm.name)
+            # the previous chunk's P·V, its probabilities just stored, while the vector
+            # engine normalizes this chunk
+            if pending is not None and pv is not None:
+                self.pv_chunk(av, pv, *pending[1], a_sp=a_sp)
+            # (the probabilities' STORE, the chunk's P·V: its output goes into the scores'
+            # O lines, after the scores)
+            pending = ((yr, hd * n + r0, rows, lpr, v, p_sp),
+                       (hd, r0, rows, o_sp + _ceil(rows, g.rows) * g.rows * nt))
         first = len(self.asm.program.instructions)
         a_sp = probs(pending[0])
         self.attribute(first, sm.name)
         if pv is not None:
             self.pv_chunk(av, pv, *pending[1], a_sp=a_sp)
 
-    def probs_to_a(self, r: Region, r0: int, rows: int, lpr: int, v: int, a_sp: int | None = None) -> int:
-        """STORE into A of probability rows ``r0 ..`` from V line ``v``, into A from line
-        ``a_sp`` (None: A's next half) instead of a STORE to memory and a LOAD back; returns
-        their first A line."""
+    def probs_place(self, r: Region, r0: int, rows: int, lpr: int, a_sp: int | None = None) -> int:
+        """The first A line of probability rows ``r0 ..`` (``lpr`` V lines a row) kept in A:
+        ``a_sp``, or A's next half when None; recorded as what A holds there."""
         g = self.g
         if a_sp is None:
             a_sp = self.halves.base(Target.A)
             self.halves.flip(Target.A)
-        self.asm.store_to_a(Target.V, rows, lpr, v, row_elems=r.cols, a_addr=a_sp)
         w = store_row_words(g, Target.V, lpr)
         self.res.record(Target.A, ("on chip", r.addr, r0, rows), a_sp, a_sp + _ceil(rows, g.rows) * w)
+        return a_sp
+
+    def probs_to_a(self, r: Region, r0: int, rows: int, lpr: int, v: int, a_sp: int | None = None) -> int:
+        """STORE into A of probability rows ``r0 ..`` from V line ``v``, into A from line
+        ``a_sp`` (None: A's next half) instead of a STORE to memory and a LOAD back; returns
+        their first A line."""
+        a_sp = self.probs_place(r, r0, rows, lpr, a_sp)
+        self.asm.store_to_a(Target.V, rows, lpr, v, row_elems=r.cols, a_addr=a_sp)
         return a_sp
 
     def pv_chunk(self, av: Node, plan: _AttnV, hd: int, r0: int, rows: int, o_sp: int,
