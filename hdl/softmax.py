@@ -20,15 +20,17 @@ element ``j`` in lane ``j % lanes`` of beat ``j // lanes``):
    ``p = min(round_shift(e·R, PROB_RECIP_SHIFT), PROB_MAX)``; streamed out through a
    2-register pipeline that stalls as a whole on output back-pressure.
 
-Rows are pipelined over four row buffers in four stages that run at the same time, each
+Rows are pipelined over five row buffers in four stages that run at the same time, each
 on its own row and buffer: the *load* stage (pass 1), the *exp* stage (pass 2), the
 *divider* stage (3; in log2 mode it passes the row on) and the *code* stage (4). A row
 moves on, with its buffer (and maximum, sum or reciprocal), when its stage is done with it
-and the next stage is free: the load stage hands a loaded row to the exp stage once that
-has written the previous row's last exponential and passed it on, and so on down to the
-code stage, which takes a row once the row before has drained. So a row costs about one
-pass instead of three in both modes: the exp pass and its drain pace the rows, and the
-divider hides behind them.
+and the next stage is free. The exp stage takes the next row right after its last read of
+this one: the exp pipeline carries each beat's buffer and a last-beat flag, and the row it
+leaves goes to the divider when its last exponential is written, or into a one-row hold
+until the divider is free (the exp stage starts a row early only when the hold is empty and
+no older row is in its pipeline). The code stage carries each beat's row sum and reciprocal
+with the beat, so it too takes the next row right after its last read. So a row costs one
+pass (``max(B, R + 1)`` cycles in steady state) instead of three in both modes.
 
 Both modes emit :data:`SM_OUT_BITS`-bit signed lanes (log2 codes zero-extended). A row
 whose length is not a multiple of ``lanes`` ends with a partial beat: the padding lanes
@@ -80,8 +82,10 @@ SM_RECIP_STEPS = 2
 SM_RECIP_CYCLES = -(-SM_RECIP_BITS // SM_RECIP_STEPS)
 #: cycles from the ``start`` strobe to the first cycle ``i.ready`` can be high
 SM_START_CYCLES = 1
-#: row buffers: one for each of the load, exp, divider and code stages
-_SM_BUFFERS = 4
+#: row buffers: one for each row between the load stage and the code stage's last read — the
+#: row loading, the exp stage's row, the row that left it (draining or held for the divider),
+#: the divider's and the code stage's
+_SM_BUFFERS = 5
 
 # The divider starts from the partial remainder D >> SM_RECIP_BITS of the dividend
 # D = PROB_MAX << PROB_RECIP_SHIFT and brings down zeros: valid while D's low
@@ -100,10 +104,12 @@ def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SM_MODE_LO
     ``F = 2B + SM_EXP_PIPELINE_DEPTH`` cycles (``B`` in, ``B`` exp reads, the exp pipeline's
     drain), leaves it ``R + 1`` cycles later, and the code stage needs
     ``B + SM_CODE_PIPELINE_DEPTH`` more cycles to its last output: ``F + 1 + K`` with
-    ``K = R + B + SM_CODE_PIPELINE_DEPTH``. After that a row leaves every
-    ``max(B + SM_EXP_PIPELINE_DEPTH, R + 1, B + SM_CODE_PIPELINE_DEPTH + 1)`` cycles, the
-    slowest of the exp stage (the next row is loaded meanwhile, ``B`` cycles), the divider
-    and the code stage (which takes the next row once the last code has left).
+    ``K = R + B + SM_CODE_PIPELINE_DEPTH``. After that a row leaves every ``max(B, R + 1)``
+    cycles: the load, exp and code stages each take the next row right after their last
+    beat of this one, and the divider takes a row every ``R + 1`` cycles. Only short log2 rows
+    (``B <= SM_EXP_PIPELINE_DEPTH``) differ: the exp stage starts a row early only when the
+    row before it has left its pipeline, so every second row also waits for that drain
+    (two rows per ``2B + SM_EXP_PIPELINE_DEPTH`` cycles).
     """
     if mode not in (SM_MODE_LOG2, SM_MODE_UNIFORM):
         raise ValueError(f"unknown softmax mode {mode}")
@@ -112,10 +118,12 @@ def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SM_MODE_LO
     if rows < 1:
         return 0
     beats = -(-int(n) // int(lanes))
-    front = 2 * beats + SM_EXP_PIPELINE_DEPTH
     recip = SM_RECIP_CYCLES if mode == SM_MODE_UNIFORM else 0
-    period = max(beats + SM_EXP_PIPELINE_DEPTH, recip + 1, beats + SM_CODE_PIPELINE_DEPTH + 1)
-    return front + 1 + recip + beats + SM_CODE_PIPELINE_DEPTH + (rows - 1) * period
+    first = 2 * beats + SM_EXP_PIPELINE_DEPTH + 1 + recip + beats + SM_CODE_PIPELINE_DEPTH
+    more = rows - 1
+    if mode == SM_MODE_UNIFORM or beats > SM_EXP_PIPELINE_DEPTH:
+        return first + more * max(beats, recip + 1)
+    return first + (more // 2) * (2 * beats + SM_EXP_PIPELINE_DEPTH) + (more % 2) * beats
 
 
 class SoftmaxUnit(wiring.Component):
@@ -244,9 +252,15 @@ class SoftmaxUnit(wiring.Component):
         xv = [Signal(name=f"xv{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
         xaddr = [Signal(range(groups), name=f"xaddr{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
         xmask = [Signal(L, name=f"xmask{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
-        m.d.sync += [xv[0].eq(x_issue), xaddr[0].eq(g_rd), xmask[0].eq(Cat(*lane_mask(g_rd)))]
+        # each beat carries its row's buffer and whether it is the row's last, so the exp stage
+        # can start the next row while this one's last beats are still in the pipeline
+        xbuf = [Signal(range(_SM_BUFFERS), name=f"xbuf{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
+        xlast = [Signal(name=f"xlast{k}") for k in range(SM_EXP_PIPELINE_DEPTH)]
+        m.d.sync += [xv[0].eq(x_issue), xaddr[0].eq(g_rd), xmask[0].eq(Cat(*lane_mask(g_rd))),
+                     xbuf[0].eq(x_buf), xlast[0].eq(g_rd + 1 == beats)]
         for k in range(1, SM_EXP_PIPELINE_DEPTH):
-            m.d.sync += [xv[k].eq(xv[k - 1]), xaddr[k].eq(xaddr[k - 1]), xmask[k].eq(xmask[k - 1])]
+            m.d.sync += [xv[k].eq(xv[k - 1]), xaddr[k].eq(xaddr[k - 1]), xmask[k].eq(xmask[k - 1]),
+                         xbuf[k].eq(xbuf[k - 1]), xlast[k].eq(xlast[k - 1])]
         total = Signal(totw)
         e_out = []
         for lane in range(L):
@@ -268,8 +282,8 @@ class SoftmaxUnit(wiring.Component):
             ]
             e_out.append(e3)
         last = SM_EXP_PIPELINE_DEPTH - 1
-        with m.If(xv[last]):
-            m.d.sync += total.eq(total + sum(e_out))
+        e_sum = Signal(totw)
+        m.d.comb += e_sum.eq(sum(e_out))
 
         # ---- code stage, code pass: stall-all pipeline
         advance = Signal()
@@ -285,10 +299,13 @@ class SoftmaxUnit(wiring.Component):
         with m.If(advance):
             m.d.sync += [cv[0].eq(c_issue), cv[1].eq(cv[0])]
         # the row sum the code pass compares against (log2) and the divisor (uniform), handed
-        # over with the row; the back takes a row only once its codes have drained
+        # over with the row and carried along with each beat (ctot0, rcp0), so the code stage
+        # takes the next row as soon as it has read this one's last beat
         code_total = Signal(totw)
-        twice_total = Cat(Const(0, 1), code_total)
         recip = Signal(SM_RECIP_BITS)
+        ctot0 = Signal(totw)
+        rcp0 = Signal(SM_RECIP_BITS)
+        twice_total = Cat(Const(0, 1), ctot0)
         # the divider stage's row: its sum, and the reciprocal it computes while the code
         # stage still uses the previous row's
         d_total = Signal(totw)
@@ -299,7 +316,7 @@ class SoftmaxUnit(wiring.Component):
             e0 = Signal(ew, name=f"ce0_{lane}")
             e3x = e0 * 3
             code = sum((twice_total >= (e3x << i)) for i in range(LOG2_ZERO_CODE))
-            rounded = (e0 * recip + (1 << (PROB_RECIP_SHIFT - 1))) >> PROB_RECIP_SHIFT
+            rounded = (e0 * rcp0 + (1 << (PROB_RECIP_SHIFT - 1))) >> PROB_RECIP_SHIFT
             prob = Signal(rounded.shape(), name=f"prob_{lane}")
             m.d.comb += prob.eq(rounded)
             prob_sat = Mux(prob > PROB_MAX, PROB_MAX, prob)
@@ -310,30 +327,35 @@ class SoftmaxUnit(wiring.Component):
                                                 Mux(cmask[lane], code, LOG2_ZERO_CODE))),
                 ]
         with m.If(advance):
-            m.d.sync += cmask.eq(Cat(*lane_mask(g_cd)))
+            m.d.sync += [cmask.eq(Cat(*lane_mask(g_cd))), ctot0.eq(code_total), rcp0.eq(recip)]
 
         # ---- write ports: scores from the load stage, exponentials from the exp stage (never
         # the same buffer: a row's buffer moves with the row)
         scores_in = Cat(*[Cat(self.i.payload[lane], Const(0, bw - sb)) for lane in range(L)])
         exps = Cat(*[Cat(e, Const(0, bw - ew)) for e in e_out])
         for n, wp in enumerate(wps):
-            x_wr = xv[last] & (x_buf == n)
+            x_wr = xv[last] & (xbuf[last] == n)
             m.d.comb += [
                 wp.en.eq(x_wr | (in_fire & (l_buf == n))),
                 wp.addr.eq(Mux(x_wr, xaddr[last], g_in)),
                 wp.data.eq(Mux(x_wr, exps, scores_in)),
             ]
 
-        # ---- control: three stages run concurrently, each on its own row; a row moves on
-        # when its stage is done with it and the next stage is free (or freeing up this cycle)
-        back_idle = Signal()
-        x_hand = Signal()                         # exp → divider: the row's last exponential is written
-        d_hand = Signal()                         # divider → code
-        d_free = Signal()                         # the divider stage can take a row this cycle
-        x_free = Signal()                         # the exp stage can take a row this cycle
+        # ---- control: the stages run concurrently, each on its own row; a row moves on when its
+        # stage is done with it and the next stage is free (or freeing up this cycle). The exp
+        # stage takes the next row right after its last read when the row it leaves can go on
+        # without waiting for it: no older row is still in its pipeline and the hold is empty
+        # (the divider takes a finished row, or the one-row hold keeps it until it can).
+        min_score = -(1 << (sb - 1))
         l_hand = Signal()                         # load → exp
         l_hand_max = Signal(signed(sb))
-        min_score = -(1 << (sb - 1))
+        x_free = Signal()                         # the exp stage can take a row this cycle
+        x_wait = Signal()                         # the exp stage's row is done and waits (DRAIN)
+        h_valid = Signal()                        # a finished row held for the divider
+        h_buf = Signal(range(_SM_BUFFERS))
+        h_total = Signal(totw)
+        d_hand = Signal()                         # divider → code
+        back_free = Signal()                      # the code stage can take a row this cycle
 
         def next_buf(b):
             return Mux(b == _SM_BUFFERS - 1, 0, b + 1)
@@ -374,22 +396,57 @@ class SoftmaxUnit(wiring.Component):
                 with m.If(x_free):
                     hand_to_exp(goto)
 
+        # a finished row: its last exponential is written this cycle (done_now; the sum is
+        # complete with it), or it finished earlier and waits in the exp stage (x_wait)
+        done_now = Signal()
+        m.d.comb += done_now.eq(xv[last] & xlast[last])
+        exp_ready = done_now | x_wait
+        exp_buf = Mux(done_now, xbuf[last], x_buf)
+        exp_total = Mux(done_now, total + e_sum, total)
+        d_free = Signal()
+        take_hold, take_exp, to_hold, exp_handed = Signal(), Signal(), Signal(), Signal()
+        m.d.comb += [
+            take_hold.eq(d_free & h_valid),
+            take_exp.eq(d_free & ~h_valid & exp_ready),
+            to_hold.eq(exp_ready & ~take_exp & (~h_valid | take_hold)),
+            exp_handed.eq(take_exp | to_hold),
+        ]
+        with m.If(exp_handed):
+            m.d.sync += total.eq(0)
+        with m.Elif(xv[last]):
+            m.d.sync += total.eq(total + e_sum)
+        with m.If(exp_handed):
+            m.d.sync += x_wait.eq(0)
+        with m.Elif(done_now):
+            m.d.sync += x_wait.eq(1)
+        with m.If(to_hold):
+            m.d.sync += [h_valid.eq(1), h_buf.eq(exp_buf), h_total.eq(exp_total)]
+        with m.Elif(take_hold):
+            m.d.sync += h_valid.eq(0)
+
+        older = Cat(*[xv[k] & xlast[k] for k in range(SM_EXP_PIPELINE_DEPTH)]).any()
+        last_read = g_rd + 1 == beats
         with m.FSM(name="exp") as exp:
             def take_row():
-                m.d.sync += [x_buf.eq(l_buf), x_max.eq(l_hand_max), total.eq(0), g_rd.eq(0)]
+                m.d.sync += [x_buf.eq(l_buf), x_max.eq(l_hand_max), g_rd.eq(0)]
                 m.next = "EXP"
             with m.State("IDLE"):
+                m.d.comb += x_free.eq(1)
                 with m.If(l_hand):
                     take_row()
             with m.State("EXP"):
+                m.d.comb += x_free.eq(last_read & ~older & ~h_valid)
                 m.d.sync += g_rd.eq(g_rd + 1)
-                with m.If(g_rd + 1 == beats):
-                    m.next = "DRAIN"
+                with m.If(last_read):
+                    with m.If(l_hand):
+                        take_row()
+                    with m.Else():
+                        m.next = "DRAIN"
             with m.State("DRAIN"):
-                # the last exponential is written at the end of the handoff cycle, so the
-                # code stage reads the buffer from the next cycle on
-                with m.If(~Cat(*xv[:-1]).any() & d_free):
-                    m.d.comb += x_hand.eq(1)
+                # this row's own last exponential (older rows' come first), or this row waiting
+                own = exp_handed & (x_wait | (done_now & (xbuf[last] == x_buf)))
+                m.d.comb += x_free.eq(own)
+                with m.If(own):
                     with m.If(l_hand):
                         take_row()
                     with m.Else():
@@ -398,7 +455,7 @@ class SoftmaxUnit(wiring.Component):
         with m.FSM(name="div") as div:
             def take_sum():
                 m.d.sync += [
-                    d_buf.eq(x_buf), d_total.eq(total + Mux(xv[last], sum(e_out), 0)),
+                    d_buf.eq(Mux(take_hold, h_buf, exp_buf)), d_total.eq(Mux(take_hold, h_total, exp_total)),
                     drem.eq(PROB_MAX << (PROB_RECIP_SHIFT - SM_RECIP_BITS)), dstep.eq(0),
                 ]
                 with m.If(uniform):
@@ -406,7 +463,8 @@ class SoftmaxUnit(wiring.Component):
                 with m.Else():
                     m.next = "DONE"
             with m.State("IDLE"):
-                with m.If(x_hand):
+                m.d.comb += d_free.eq(1)
+                with m.If(take_hold | take_exp):
                     take_sum()
             with m.State("RECIP"):
                 # restoring division of PROB_MAX << PROB_RECIP_SHIFT by the row sum; the
@@ -416,32 +474,37 @@ class SoftmaxUnit(wiring.Component):
                 with m.If(dstep == SM_RECIP_CYCLES - 1):
                     m.next = "DONE"
             with m.State("DONE"):
-                with m.If(back_idle):
-                    m.d.comb += d_hand.eq(1)
-                    with m.If(x_hand):
+                with m.If(back_free):
+                    m.d.comb += [d_hand.eq(1), d_free.eq(1)]
+                    with m.If(take_hold | take_exp):
                         take_sum()
                     with m.Else():
                         m.next = "IDLE"
 
         with m.FSM(name="back") as back:
+            def take_codes():
+                m.d.sync += [b_buf.eq(d_buf), g_cd.eq(0), code_total.eq(d_total), recip.eq(d_quot)]
+                m.next = "CODE"
             with m.State("IDLE"):
+                m.d.comb += back_free.eq(1)
                 with m.If(d_hand):
-                    m.d.sync += [b_buf.eq(d_buf), g_cd.eq(0), code_total.eq(d_total), recip.eq(d_quot)]
-                    m.next = "CODE"
+                    take_codes()
             with m.State("CODE"):
                 with m.If(c_issue):
                     m.d.sync += g_cd.eq(g_cd + 1)
                     with m.If(g_cd + 1 == beats):
-                        m.next = "IDLE"
+                        m.d.comb += back_free.eq(1)
+                        with m.If(d_hand):
+                            take_codes()
+                        with m.Else():
+                            m.next = "IDLE"
 
         m.d.comb += [
-            back_idle.eq(back.ongoing("IDLE") & code_empty),
-            x_free.eq(exp.ongoing("IDLE") | x_hand),
-            d_free.eq(div.ongoing("IDLE") | d_hand),
-            x_reading.eq(~exp.ongoing("IDLE")),
+            x_reading.eq(exp.ongoing("EXP")),
             self.i.ready.eq(load.ongoing("LOAD")),
             x_issue.eq(exp.ongoing("EXP")),
             c_issue.eq(back.ongoing("CODE") & advance),
-            self.busy.eq(~load.ongoing("IDLE") | ~exp.ongoing("IDLE") | ~div.ongoing("IDLE") | ~back_idle),
+            self.busy.eq(~load.ongoing("IDLE") | ~exp.ongoing("IDLE") | h_valid | ~div.ongoing("IDLE")
+                         | ~back.ongoing("IDLE") | ~code_empty),
         ]
         return m

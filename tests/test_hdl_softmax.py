@@ -43,20 +43,24 @@ def test_softmax_unit_bit_exact_and_cycles(tmp_path, p):
 def test_softmax_cycles_formula():
     """One row: three passes over ceil(N/lanes) beats, the exp drain, the hand-over through
     the divider stage (plus the divider in uniform mode) and the code drain. Rows overlap in
-    four stages, each on its own row buffer: while row r's codes go out, row r+1's reciprocal
-    and row r+2's exponentials are computed and row r+3 is loaded, so a row of 50 beats
-    costs one exp pass and its drain (50 + 4) in both modes, not two or three passes. A short
-    row (2 beats) is paced by the uniform mode's divider instead. The default mode is log2."""
+    four stages, and the load, exp and code stages each take the next row right after their
+    last beat of this one, so a row of 50 beats costs 50 cycles in both modes: one pass, not
+    three, and not the exp drain either. A short row (2 beats) is paced by the uniform mode's
+    divider instead, and short log2 rows alternate with the exp drain (two rows per 2·2 + 4
+    cycles). The default mode is log2."""
     front = 2 * 50 + SM_EXP_PIPELINE_DEPTH
     one_row = front + 1 + 50 + SM_CODE_PIPELINE_DEPTH
     assert softmax_cycles(197, 1, 4) == one_row == 3 * 50 + SM_EXP_PIPELINE_DEPTH + SM_CODE_PIPELINE_DEPTH + 1
     assert softmax_cycles(197, 1, 4, SM_MODE_LOG2) == one_row
-    assert softmax_cycles(197, 197 * 3, 4) == one_row + (197 * 3 - 1) * (50 + SM_EXP_PIPELINE_DEPTH)
+    assert softmax_cycles(197, 197 * 3, 4) == one_row + (197 * 3 - 1) * 50
     assert softmax_cycles(197, 197 * 3, 4, SM_MODE_UNIFORM) == \
-        one_row + SM_RECIP_CYCLES + (197 * 3 - 1) * (50 + SM_EXP_PIPELINE_DEPTH)
+        one_row + SM_RECIP_CYCLES + (197 * 3 - 1) * 50
     assert SM_RECIP_CYCLES + 1 > 2 + SM_EXP_PIPELINE_DEPTH
     assert softmax_cycles(8, 5, 4, SM_MODE_UNIFORM) == \
         2 * 2 + SM_EXP_PIPELINE_DEPTH + 1 + SM_RECIP_CYCLES + 2 + SM_CODE_PIPELINE_DEPTH + 4 * (SM_RECIP_CYCLES + 1)
+    two = 2 * 2 + SM_EXP_PIPELINE_DEPTH + 1 + 2 + SM_CODE_PIPELINE_DEPTH
+    assert [softmax_cycles(8, r, 4) - two for r in (1, 2, 3, 4, 5)] == \
+        [0, 2, 2 * 2 + SM_EXP_PIPELINE_DEPTH, 2 * 2 + SM_EXP_PIPELINE_DEPTH + 2, 2 * (2 * 2 + SM_EXP_PIPELINE_DEPTH)]
     with pytest.raises(ValueError):
         softmax_cycles(0)
     with pytest.raises(ValueError):

@@ -80,8 +80,10 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
 
 
 def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SoftmaxMode.LOG2) -> int:
-    """Softmax unit cycles: rows pipelined over four row buffers, the max pass, the exp
-    pass, the uniform mode's divider and the code pass each on its own row."""
+    """Softmax unit cycles: rows pipelined over five row buffers, the load, exp and code
+    passes each taking the next row right after their last beat of this one, the uniform
+    mode's divider every ``R + 1`` cycles; short log2 rows (``B`` <= the exp pipeline's depth)
+    alternate with the exp drain."""
     if int(mode) not in (SoftmaxMode.LOG2, SoftmaxMode.UNIFORM):
         raise ValueError(f"unknown softmax mode {mode}")
     if n < 1:
@@ -89,10 +91,12 @@ def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SoftmaxMod
     if rows < 1:
         return 0
     beats = -(-n // lanes)
-    front = 2 * beats + _SM_EXP_PIPELINE_DEPTH
     recip = _SM_RECIP_CYCLES if int(mode) == SoftmaxMode.UNIFORM else 0
-    period = max(beats + _SM_EXP_PIPELINE_DEPTH, recip + 1, beats + _SM_CODE_PIPELINE_DEPTH + 1)
-    return front + 1 + recip + beats + _SM_CODE_PIPELINE_DEPTH + (rows - 1) * period
+    first = 2 * beats + _SM_EXP_PIPELINE_DEPTH + 1 + recip + beats + _SM_CODE_PIPELINE_DEPTH
+    more = rows - 1
+    if int(mode) == SoftmaxMode.UNIFORM or beats > _SM_EXP_PIPELINE_DEPTH:
+        return first + more * max(beats, recip + 1)
+    return first + (more // 2) * (2 * beats + _SM_EXP_PIPELINE_DEPTH) + (more % 2) * beats
 
 
 def vector_cycles(n_elems: int, lanes: int = 1) -> int:
