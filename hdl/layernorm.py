@@ -13,13 +13,16 @@ Per row of ``C`` input codes ``q`` (``lanes`` per beat, channel ``c`` in lane
    ``n = round_shift((C·x − S)·inv, max(e,1) + 4)`` and
    ``y = sat(round_shift(n·gm_c + bb_c, gs_c) + out_zp, out_bits)``.
 
-Rows are pipelined over two row buffers: the *front* (passes 1 and 2) fills one while
-the *back* (pass 3) reads the other. The front hands a row over (its buffer, ``S``, the
-reciprocal and the shift) once its reciprocal is ready and the back has issued the
-previous row's last beat; those scalars travel down the output pipeline with the beats,
-so a row's output pass never waits for the previous row's to drain. A row therefore costs
-one pass plus the scalar phase, not two passes plus it. Timing is data independent
-(:func:`layernorm_cycles`).
+Rows are pipelined over three row buffers in three stages that run at the same time,
+each on its own row: the *load* stage (pass 1) fills one buffer while the *scalar* stage
+(phase 2) works on the row before, whose codes wait in the second buffer, and the *back*
+(pass 3) reads the third. The load stage hands a row (its buffer, ``S`` and ``Σx²``) to the
+scalar stage the cycle after its last beat once that stage is free; the scalar stage hands
+it (buffer, ``S``, the reciprocal and the shift) to the back once its reciprocal is ready and
+the back is issuing the previous row's last beat or idle; those scalars travel down the
+output pipeline with the beats, so a row's output pass never waits for the previous row's
+to drain. A row therefore costs the longer of one pass and the scalar phase, not their
+sum. Timing is data independent (:func:`layernorm_cycles`).
 """
 
 from __future__ import annotations
@@ -68,18 +71,21 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
                      in_bits: int = 8) -> int:
     """Cycles from the first accepted input beat to the last output beat (both counted).
 
-    Assumes the input is always valid and the output always ready. Per row, the front
-    takes ``C/lanes`` beats in and the scalar phase (``ceil(layernorm_sqrt_bits / 2)`` + 13
-    cycles, including the hand-over); the back's ``C/lanes`` issue cycles overlap the next
-    row's front, so only the last row adds them, and the pipeline depth.
+    Assumes the input is always valid and the output always ready. The first row takes
+    ``B = C/lanes`` beats in, its scalar phase (``ceil(layernorm_sqrt_bits / 2)`` + 13
+    cycles, from the stats drain to the hand-over), its ``B`` output issues and the output
+    pipeline. Every further row adds the longer of the load stage's ``B + 1`` cycles (its
+    beats and the drain) and the scalar stage's ``ceil(layernorm_sqrt_bits / 2)`` + 12
+    (the three stages each work on their own row).
     """
     if channels % lanes or channels < 1:
         raise ValueError("channels must be a positive multiple of lanes")
     if rows < 1:
         return 0
     beats = channels // lanes
-    front = beats + -(-layernorm_sqrt_bits(max_channels, in_bits) // LN_STEPS) + _LN_ROW_OVERHEAD
-    return rows * front + beats + LN_OUT_PIPELINE_DEPTH
+    scalar = -(-layernorm_sqrt_bits(max_channels, in_bits) // LN_STEPS) + _LN_ROW_OVERHEAD
+    first = beats + scalar + beats + LN_OUT_PIPELINE_DEPTH
+    return first + (rows - 1) * max(beats + 1, scalar - 1)
 
 
 def layernorm_const_layout(gm_width: int = 16, bias_width: int = 32,
@@ -184,17 +190,18 @@ class LayerNormUnit(wiring.Component):
         out_zp = Signal.like(self.cfg.out_zp)
         beats = Signal(range(groups + 1))                       # C / lanes
 
-        # ---- memories: two row buffers (the front fills one while the back reads the other)
-        # and per-lane constants
-        f_buf, b_buf = Signal(), Signal()
+        # ---- memories: three row buffers (one filling, one waiting for its scalars, one being
+        # read) and per-lane constants
+        f_buf, c_buf, b_buf = (Signal(range(3), name=n) for n in ("f_buf", "c_buf", "b_buf"))
         buf_wps, buf_rds = [], []
-        for n in range(2):
+        for n in range(3):
             rowbuf = memory.Memory(shape=data.ArrayLayout(signed(self.in_bits), L), depth=groups, init=[])
             m.submodules[f"rowbuf{n}"] = rowbuf
             buf_wps.append(rowbuf.write_port())
             buf_rds.append(rowbuf.read_port(domain="comb"))
         buf_rd = data.View(data.ArrayLayout(signed(self.in_bits), L),
-                           Mux(b_buf, buf_rds[1].data.as_value(), buf_rds[0].data.as_value()))
+                           Mux(b_buf == 2, buf_rds[2].data.as_value(),
+                               Mux(b_buf == 1, buf_rds[1].data.as_value(), buf_rds[0].data.as_value())))
         k_in, k_out = [], []
         for lane in range(L):
             mem = memory.Memory(shape=self.const_layout, depth=groups, init=[])
@@ -224,7 +231,9 @@ class LayerNormUnit(wiring.Component):
         sum_x = sum(xa[lane] for lane in range(L))
         sum_xx = sum(xa[lane] * xa[lane] for lane in range(L))
 
-        # ---- scalar phase registers
+        # ---- scalar phase registers (c_s1, c_s2: the scalar stage's row's sums)
+        c_s1 = Signal(signed(sw))
+        c_s2 = Signal(ssw)
         q = Signal(qw)
         qsh = Signal(qw)                         # Q shifted left two bits per root step
         root = Signal(wr_bits)
@@ -309,21 +318,32 @@ class LayerNormUnit(wiring.Component):
             return [g_in.eq(0), s1.eq(0), s2.eq(0)]
 
         def accept_op():
-            # latch the operation's scalars on start (from IDLE, or back to back from FINISH)
+            # latch the operation's scalars on start
             return [
                 channels.eq(self.cfg.channels), rows_left.eq(self.cfg.rows),
                 out_bits.eq(self.cfg.out_bits), out_zp.eq(self.cfg.out_zp),
                 beats.eq(self.cfg.channels >> lane_bits), *begin_row(),
             ]
 
-        # the front (stats pass and scalar phase) and the back (output pass) work on different
-        # rows: the front hands a row over when its reciprocal is ready and the back has
-        # issued the previous row's last beat
+        # the load stage (stats pass), the scalar stage and the back (output pass) work on
+        # different rows: the load stage hands a row over the cycle after its last beat (its
+        # sums complete with that beat's terms) once the scalar stage is free, the scalar stage
+        # hands a row over when its reciprocal is ready and the back is free
         back_free = Signal()
         handover = Signal()
+        sc_free = Signal()
+        l_hand = Signal()
         with m.FSM(name="ln") as fsm:
+            def hand_row():
+                m.d.comb += l_hand.eq(1)
+                m.d.sync += [f_buf.eq(Mux(f_buf == 2, 0, f_buf + 1)), rows_left.eq(rows_left - 1),
+                             *begin_row()]
+                with m.If(rows_left == 1):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "LOAD"
             with m.State("IDLE"):
-                with m.If(self.start):
+                with m.If(self.start & ~self.busy):
                     m.d.sync += accept_op()
                     with m.If(self.cfg.rows != 0):
                         m.next = "LOAD"
@@ -335,11 +355,24 @@ class LayerNormUnit(wiring.Component):
                     with m.If(g_in + 1 == beats):
                         m.next = "DRAIN"
             with m.State("DRAIN"):
-                with m.If(xa_valid):
+                # the last beat's terms are in xa: the sums are complete with them
+                with m.If(sc_free):
+                    m.d.sync += [c_s1.eq(s1 + sum_x), c_s2.eq(s2 + sum_xx), c_buf.eq(f_buf)]
+                    hand_row()
+                with m.Else():
                     m.d.sync += [s1.eq(s1 + sum_x), s2.eq(s2 + sum_xx)]
-                m.next = "QCALC"
+                    m.next = "FULL"
+            with m.State("FULL"):
+                with m.If(sc_free):
+                    m.d.sync += [c_s1.eq(s1), c_s2.eq(s2), c_buf.eq(f_buf)]
+                    hand_row()
+        with m.FSM(name="ln_scalar") as scal:
+            with m.State("IDLE"):
+                m.d.comb += sc_free.eq(1)
+                with m.If(l_hand):
+                    m.next = "QCALC"
             with m.State("QCALC"):
-                qv = (channels * s2 - s1 * s1)[:qw]
+                qv = (channels * c_s2 - c_s1 * c_s1)[:qw]
                 m.d.sync += [q.eq(qv), qsh.eq(qv), root.eq(0), rem.eq(0), step.eq(0)]
                 m.next = "SQRT"
             with m.State("SQRT"):
@@ -381,42 +414,37 @@ class LayerNormUnit(wiring.Component):
                     m.next = "HANDOVER"
             with m.State("HANDOVER"):
                 with m.If(back_free):
-                    m.d.comb += handover.eq(1)
+                    m.d.comb += [handover.eq(1), sc_free.eq(1)]
                     m.d.sync += [
-                        s_out.eq(s1),
+                        s_out.eq(c_s1),
                         inv_out.eq(Mux(e == 0, 0, quo)),
                         sh_out.eq(Mux(e == 0, 1, e) + (LN_RECIP_FRAC - LN_NORM_FRAC)),
-                        g_out.eq(0), b_buf.eq(f_buf), f_buf.eq(~f_buf),
-                        rows_left.eq(rows_left - 1), *begin_row(),
+                        g_out.eq(0), b_buf.eq(c_buf),
                     ]
-                    with m.If(rows_left == 1):
-                        m.next = "FINISH"
-                    with m.Else():
-                        m.next = "LOAD"
-            with m.State("FINISH"):
-                with m.If(back_free & pipe_empty):
-                    with m.If(self.start):
-                        m.d.sync += accept_op()
-                        with m.If(self.cfg.rows != 0):
-                            m.next = "LOAD"
-                        with m.Else():
-                            m.next = "IDLE"
+                    with m.If(l_hand):
+                        m.next = "QCALC"
                     with m.Else():
                         m.next = "IDLE"
         with m.FSM(name="ln_out") as back:
             with m.State("IDLE"):
+                m.d.comb += back_free.eq(1)
                 with m.If(handover):
                     m.next = "OUT"
             with m.State("OUT"):
                 with m.If(issue):
-                    m.d.sync += g_out.eq(g_out + 1)
                     with m.If(g_out + 1 == beats):
-                        m.next = "IDLE"
+                        # the back takes the next row with this one's last beat
+                        m.d.comb += back_free.eq(1)
+                        with m.If(handover):
+                            m.d.sync += g_out.eq(0)
+                        with m.Else():
+                            m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += g_out.eq(g_out + 1)
         # outputs as plain expressions of the state (continuous assignments in Verilog)
         m.d.comb += [
-            back_free.eq(back.ongoing("IDLE")),
             self.i.ready.eq(fsm.ongoing("LOAD")),
             issue.eq(back.ongoing("OUT") & advance),
-            self.busy.eq(~fsm.ongoing("IDLE") & ~(fsm.ongoing("FINISH") & back_free & pipe_empty)),
+            self.busy.eq(~fsm.ongoing("IDLE") | ~scal.ongoing("IDLE") | ~back.ongoing("IDLE") | ~pipe_empty),
         ]
         return m

@@ -57,13 +57,17 @@ def test_sqrt_bits_cover_the_largest_q():
 
 def test_layernorm_cycles_formula():
     """One row costs two passes plus the scalar phase (root and 17-bit reciprocal two bits per
-    cycle, 4 cycles of hand-overs) and the pipeline's drain. Rows overlap: the next row's
-    stats pass and scalar phase run while this row's output pass goes out (two row buffers),
-    so each further row adds one pass and the scalar phase, not two passes."""
-    front = 48 + -(-layernorm_sqrt_bits(1024) // 2) + 9 + 4
+    cycle, 4 cycles of hand-overs) and the pipeline's drain. Rows overlap in three stages on
+    three row buffers: while row r's output pass goes out, row r+1's scalar phase runs and
+    row r+2 is loaded, so each further row adds the longer of one pass (plus the stats
+    drain) and the scalar phase, not their sum: 48 beats of 4 lanes are pass-bound, 12 of
+    16 lanes (DeiT-Tiny's 192 channels on 16 lanes) scalar-bound."""
+    scalar = -(-layernorm_sqrt_bits(1024) // 2) + 9 + 4
     one = layernorm_cycles(192, 1, 4, 1024)
-    assert one == front + 48 + LN_OUT_PIPELINE_DEPTH
-    assert layernorm_cycles(192, 197, 4, 1024) == one + 196 * front
+    assert one == 48 + scalar + 48 + LN_OUT_PIPELINE_DEPTH
+    assert layernorm_cycles(192, 197, 4, 1024) == one + 196 * (48 + 1)
+    one16 = layernorm_cycles(192, 1, 16, 1024)
+    assert layernorm_cycles(192, 40, 16, 1024) == one16 + 39 * (scalar - 1) and scalar - 1 > 12 + 1
     with pytest.raises(ValueError):
         layernorm_cycles(6, 1, 4)
 

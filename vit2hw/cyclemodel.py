@@ -73,10 +73,12 @@ def layernorm_cycles(channels: int, rows: int = 1, lanes: int = 1, max_channels:
         raise ValueError("channels must be a positive multiple of lanes")
     if rows < 1:
         return 0
-    # the stats pass and scalar phase of a row (the front) overlap the previous row's output pass
+    # three stages on three rows: the stats pass (beats + its drain), the scalar phase and
+    # the output pass; after the first row, the slower of the first two paces the rows
     beats = channels // lanes
-    front = beats + -(-layernorm_sqrt_bits(max_channels, in_bits) // _LN_STEPS) + _LN_ROW_OVERHEAD
-    return rows * front + beats + _LN_OUT_PIPELINE_DEPTH
+    scalar = -(-layernorm_sqrt_bits(max_channels, in_bits) // _LN_STEPS) + _LN_ROW_OVERHEAD
+    first = beats + scalar + beats + _LN_OUT_PIPELINE_DEPTH
+    return first + (rows - 1) * max(beats + 1, scalar - 1)
 
 
 def softmax_cycles(n: int, rows: int = 1, lanes: int = 1, mode: int = SoftmaxMode.LOG2) -> int:
