@@ -153,18 +153,24 @@ def _store(st: MachineState, mem: np.ndarray, ins: Instruction) -> None:
         written = store_words_written(g, t, rl, n_el, eb)
         row = np.zeros((rows, rl * line_bytes), np.uint8)
         row[:, offs] = padded[:, offs]
-        a0 = ins["a_addr"]
-        _span(_ceil(rows, g.rows) * words, st.a.shape[1], "STORE into A", a0)
-        lines = row.reshape(rows, words, g.bus_bytes)
-        for i in range(rows):
-            base = a0 + (i // g.rows) * words
-            st.a[i % g.rows, base:base + written] = lines[i, :written]
+        _rows_into_a(st, ins["a_addr"], row.reshape(rows, words, g.bus_bytes)[:, :written], words, "STORE into A")
         return
     base = ins["ext_addr"] + np.arange(rows)[:, None] * ins["ext_stride"]
     idx = base + offs[None, :]
     if rows and offs.size and (idx.min() < 0 or idx.max() >= len(mem)):
         raise IsaSimError(f"STORE [{int(idx.min()):#x}, {int(idx.max()):#x}] outside memory")
     mem[idx] = padded[:, offs]
+
+
+def _rows_into_a(st: MachineState, a0: int, lines: np.ndarray, pitch: int, what: str) -> None:
+    """Row ``i``'s A lines ``lines[i]`` ([rows, n, bus bytes]) into bank ``i % rows_of_array``
+    from line ``a0 + (i // rows_of_array)·pitch``, as a LOAD of the rows into A places them."""
+    g = st.g
+    rows = lines.shape[0]
+    _span(_ceil(rows, g.rows) * pitch, st.a.shape[1], what, a0)
+    for i in range(rows):
+        base = a0 + (i // g.rows) * pitch
+        st.a[i % g.rows, base:base + lines.shape[1]] = lines[i]
 
 
 def _ceil(a: int, b: int) -> int:
@@ -287,12 +293,7 @@ def _softmax(st: MachineState, ins: Instruction) -> None:
         g = st.g
         if L != g.bus_bytes:
             raise IsaSimError(f"SOFTMAX into A needs lanes ({L}) equal to the bus bytes ({g.bus_bytes})")
-        a0 = ins["a_addr"]
-        _span(_ceil(rows, g.rows) * lpr, st.a.shape[1], "SOFTMAX into A", a0)
-        lines = (out & 0xFF).astype(np.uint8).reshape(rows, lpr, L)
-        for i in range(rows):
-            base = a0 + (i // g.rows) * lpr
-            st.a[i % g.rows, base:base + lpr] = lines[i]
+        _rows_into_a(st, ins["a_addr"], (out & 0xFF).astype(np.uint8).reshape(rows, lpr, L), lpr, "SOFTMAX into A")
         return
     _vec_out(st, ins["dst"], out.reshape(rows * lpr, L), "SOFTMAX")
 
