@@ -125,6 +125,23 @@ def test_assembler_checks_alignment_and_capacity():
         asm.layernorm(0, 0, 1, 6, 8)
 
 
+def test_softmax_into_a_checks_the_line_width_and_depth():
+    """SOFTMAX into A needs a beat to fill one A line (lanes = bus bytes) and its rows to end
+    inside A; the default preset's 16 lanes on an 8-byte bus are refused with that reason."""
+    g = Geometry.from_config(SMALL)
+    asm = Assembler(g)
+    ins = asm.softmax(0, 0, 5, 11, a_addr=1)
+    assert (ins["dst_a"], ins["a_addr"]) == (1, 1)
+    last_ok = g.a_depth - 2 * 3                   # 5 rows on 4 banks: two line groups of 3 lines
+    asm.softmax(0, 0, 5, 11, a_addr=last_ok)
+    with pytest.raises(ProgramError, match="ends at line"):
+        asm.softmax(0, 0, 5, 11, a_addr=last_ok + 1)
+    wide = Assembler(Geometry.from_config(AcceleratorConfig()))
+    with pytest.raises(ProgramError, match="fill one"):
+        wide.softmax(0, 0, 4, 40, a_addr=0)
+    assert wide.softmax(0, 0, 4, 40)["dst_a"] == 0
+
+
 def test_records_and_rows_pack_little_endian():
     """pack_rows/unpack_rows round-trip padded rows; records are 16 bytes with fields in place."""
     x = np.array([[-1, 2, 300], [4, -5, -32768]])
