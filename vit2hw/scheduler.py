@@ -51,7 +51,7 @@ from vit2hw import intops as I
 from vit2hw.graph import Node, QuantizedGraph, TensorSpec
 from vit2hw.cyclemodel import program_cycles
 from vit2hw.hazards import assign_waits, v_half_lines
-from vit2hw.reorder import TIE_RULES, reorder
+from vit2hw.reorder import TIE_RULES, WINDOWS, reorder
 from vit2hw.isa import (FIELDS, LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Assembler,
                         Geometry, GemmMode, Op, Program, Segment, SoftmaxMode, Target, pack_records, pack_rows,
                         store_row_words, unpack_rows)
@@ -1378,8 +1378,8 @@ class _Scheduler:
         self.layers.append(order[-1].name)     # END: attributed to the last node (see docs)
         instrs = self.asm.program.instructions
         best = None
-        for perm in ([reorder(instrs, self.g, self.lat, tie=t) for t in TIE_RULES] if self.interleave
-                     else [list(range(len(instrs)))]):
+        for perm in ([reorder(instrs, self.g, self.lat, window=w, tie=t) for w in WINDOWS for t in TIE_RULES]
+                     if self.interleave else [list(range(len(instrs)))]):
             program = dataclasses.replace(self.asm.program, instructions=assign_waits([instrs[i] for i in perm], self.g))
             cycles = program_cycles(program, self.config, self.lat)
             if best is None or cycles < best[0]:
