@@ -282,6 +282,7 @@ class _Scheduler:
         # rows per chunk of a scores loop at most (0: as many as the buffers allow)
         self.scores_rows = scores_rows
         self.scores_rows_used = 0                     # the largest chunk a scores loop took
+        self.cycles = 0                               # run(): the cycles of the program it keeps
         self.overlap_blocking = overlap_blocking
         self.graph = graph
         self.config = config
@@ -1384,7 +1385,7 @@ class _Scheduler:
             cycles = program_cycles(program, self.config, self.lat)
             if best is None or cycles < best[0]:
                 best = (cycles, perm, program.instructions)
-        _, perm, self.asm.program.instructions = best
+        self.cycles, perm, self.asm.program.instructions = best
         self.layers = [self.layers[i] for i in perm]
         return self.finish(order)
 
@@ -1456,12 +1457,12 @@ def schedule(graph: QuantizedGraph, config, mem_latency: int = 1, interleave: bo
         for regions in ((False, True) if weight_regions is None else (bool(weight_regions),)):
             s = _Scheduler(graph, config, mem_latency, interleave, overlap, regions, scores_rows or 0)
             sp = s.run()
-            cycles = program_cycles(sp.program, config, mem_latency)
-            if best is None or cycles < best[0]:
-                best = (cycles, sp, overlap, regions, s.scores_rows_used)
+            if best is None or s.cycles < best[0]:
+                best = (s.cycles, sp, overlap, regions, s.scores_rows_used)
     cycles, sp, overlap, regions, used = best
     if scores_rows is None and used > config.rows:
-        alt = _Scheduler(graph, config, mem_latency, interleave, overlap, regions, config.rows).run()
-        if program_cycles(alt.program, config, mem_latency) < cycles:
-            sp = alt
+        alt = _Scheduler(graph, config, mem_latency, interleave, overlap, regions, config.rows)
+        alt_sp = alt.run()
+        if alt.cycles < cycles:
+            sp = alt_sp
     return sp
