@@ -24,7 +24,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, RECORD_BYTES, WAIT_POS,
-                        WDMA_TARGETS, Engine, Geometry, Op, engine_of, field_offsets)
+                        WDMA_TARGETS, DMA_CAPABLE, Engine, Geometry, Op, engine_of, field_offsets)
 
 from .dma import ADDR_BITS
 from .forward import MoveUnit
@@ -100,12 +100,14 @@ class Controller(wiring.Component):
         wait_older = self.instr[WAIT_POS + len(Engine)]
         busy = self.engine_busy
         target = Signal(len(Engine))
-        load_target = view(self.instr, Op.LOAD).target
+        v_load = view(self.instr, Op.LOAD)
+        load_target = v_load.target
         to_wdma = Signal()
         m.d.comb += to_wdma.eq(0)
         for t in WDMA_TARGETS:
             with m.If(load_target == t):
-                m.d.comb += to_wdma.eq(1)
+                # on_dma: a LOAD into B or P that the program gave the DMA engine
+                m.d.comb += to_wdma.eq(~v_load.on_dma if t in DMA_CAPABLE else 1)
         for o in Op:
             e = engine_of(o)
             if o == Op.LOAD:              # weights and constants go to the weight DMA

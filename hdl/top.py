@@ -2,7 +2,8 @@
 
 ``Accelerator(config)`` has three external memory ports with the bus of :mod:`hdl.dma`, all
 views of one memory: ``mem`` for the DMA engine (LOADs of activations into A and V, every
-STORE but those into A, which stay on chip), ``wmem`` (read only) for the weight DMA engine (LOADs of weights, parameters and
+STORE but those into A, which stay on chip, and the LOADs into B or P a program hands it with
+``on_dma``), ``wmem`` (read only) for the weight DMA engine (LOADs of weights, parameters and
 constants into B, P and the constant memories) and ``imem`` (read only) for instruction
 fetches. So weights stream in while activations move, and the sequencer fetches the next
 instruction while transfers run (programs never write their own instructions). The control
@@ -125,11 +126,16 @@ class Accelerator(wiring.Component):
         wiring.connect(m, store.bus, bus.m1)
         wiring.connect(m, bus.ext, wiring.flipped(self.mem))
 
-        # ---- LOAD destinations: A and V from the DMA engine, the rest from the weight DMA
+        # ---- LOAD destinations: A and V from the DMA engine, the rest from the weight DMA;
+        # B and P from either (a LOAD's on_dma bit), never both at once (vit2hw.hazards gives
+        # each one write port, B_PORT / P_PORT)
         lw, ww = load.wr, wload.wr
-        for spad, t, src in ((sb, Target.B, ww), (sp, Target.P, ww)):
-            m.d.comb += [spad.wr.en.eq(src.en & (src.target == t)), spad.wr.bank.eq(src.bank),
-                         spad.wr.addr.eq(src.addr), spad.wr.data.eq(src.data)]
+        for spad, t in ((sb, Target.B), (sp, Target.P)):
+            from_dma = lw.en & (lw.target == t)
+            m.d.comb += [spad.wr.en.eq((ww.en & (ww.target == t)) | from_dma),
+                         spad.wr.bank.eq(Mux(from_dma, lw.bank, ww.bank)),
+                         spad.wr.addr.eq(Mux(from_dma, lw.addr, ww.addr)),
+                         spad.wr.data.eq(Mux(from_dma, lw.data, ww.data))]
         # A is written by the DMA engine's LOADs and STOREs into A and the vector engine's
         # SOFTMAX into A, never two at once (one engine runs one instruction; vit2hw.hazards
         # keeps a SOFTMAX into A and the DMA engine's writers of A apart)

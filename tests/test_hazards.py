@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hdl.config import AcceleratorConfig
 from vit2hw import cyclemodel as cm
 from vit2hw.hazards import accesses, conflicts
@@ -160,6 +162,31 @@ def test_weight_dma_runs_beside_the_dma_and_waits_for_stores_it_reads():
     assert _waits(prog) == [0, 0, DMA | WDMA, GEMM, 0, DMA, 0]
 
 
+def test_loads_into_b_or_p_on_the_dma_engine_share_the_write_port_but_not_an_order():
+    """A LOAD into B or P with ``on_dma`` runs on the DMA engine. It waits for the weight DMA
+    only when both write the same scratchpad (B's and P's one write port each), not when they
+    write B and P; the port alone does not order two LOADs, so the reordering may swap them;
+    and only B and P can be loaded that way."""
+    from vit2hw.isa import ProgramError, instr_engine
+    from vit2hw.reorder import depends
+    asm = Assembler(G)
+    b_dma = asm.load(Target.B, 0x100, 4, 2, 0, on_dma=True)
+    p_dma = asm.load(Target.P, 0x300, 1, 1, 0, on_dma=True)
+    assert instr_engine(b_dma) == Engine.DMA and instr_engine(p_dma) == Engine.DMA
+    b_w = asm.load(Target.B, 0x200, 4, 2, 8)
+    assert conflicts(b_dma, b_w, G) and not depends(b_dma, b_w, G)
+    assert not conflicts(p_dma, b_w, G)
+    with pytest.raises(ProgramError, match="on_dma"):
+        asm.load(Target.A, 0x100, 4, 2, 0, on_dma=True)
+
+    def prog(asm):
+        asm.load(Target.B, 0x100, 4, 2, 0, on_dma=True)
+        asm.load(Target.P, 0x300, 1, 1, 0)                 # the other scratchpad: beside it
+        asm.load(Target.B, 0x200, 4, 2, 8)                 # B's write port: waits
+        asm.load(Target.P, 0x340, 1, 1, 1, on_dma=True)    # beside that one
+    assert _waits(prog) == [0, 0, DMA, 0, 0]
+
+
 def test_timeline_overlaps_the_two_dma_engines():
     """Two independent transfers, one per DMA engine, run at the same time: the program takes
     less than the two back to back, and the weight LOAD issues while the other still runs."""
@@ -200,7 +227,7 @@ def test_reorder_breaks_a_tie_for_the_longer_chain():
     asm.load(Target.A, 0x100, 4, 8, 0)
     asm.gemm(4, 4, 32, a_addr=0, b_addr=0, o_addr=0, p_addr=0)    # reads the A lines
     prog = asm.end().instructions
-    order = reorder(prog, G)
+    order, _ = reorder(prog, G)
     assert order[0] == 1 and order.index(1) < order.index(0)
     plain = cm.timeline(type(asm.program)(list(prog)), SMALL).total
     moved = cm.timeline(type(asm.program)([prog[i] for i in order]), SMALL).total

@@ -25,9 +25,9 @@ from hdl.top import Accelerator
 from sim.runner import run_cocotb
 from vit2hw import intops as I
 from vit2hw.cyclemodel import program_cycles, timeline
-from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, WAIT_OLDER_GEMM, Assembler, Geometry,
-                        GemmMode, Op, Program, SoftmaxMode, Target, pack_records, pack_rows, store_row_words,
-                        store_words_written)
+from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, WAIT_OLDER_GEMM, Assembler, Engine,
+                        Geometry, GemmMode, Op, Program, SoftmaxMode, Target, pack_records, pack_rows, store_row_words,
+                        store_words_written, instr_engine)
 
 SMALL = AcceleratorConfig(name="small4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
                           weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
@@ -250,6 +250,42 @@ def back_to_back_gemms_case(cfg, rng) -> Case:
     case = Case("back_to_back_gemms", asm.end())
     for i, (want, fields, ya, out_row, nt, o, eb) in enumerate(done):
         case.expect(f"Y{i}", ya, want, eb, out_row)
+    return case
+
+
+def weights_on_dma_case(cfg, rng) -> Case:
+    """Two GEMMs whose B and P lines come over both DMA engines (the LOAD's ``on_dma`` bit):
+    the DMA engine loads GEMM 1's B while the weight DMA loads its P, then GEMM 2's P while
+    the weight DMA loads its B, which must first wait for the DMA engine's LOAD into B (one
+    write port). Returns the case; its LOADs are in that order after the A LOADs."""
+    g = Geometry.from_config(cfg)
+    asm, mem = Assembler(g), Layout()
+    specs = [dict(m=7, k=13, n=6, bias_pairs=True), dict(m=5, k=9, n=7)]
+    sp = dict(a_sp=0, b_sp=0, p_sp=0)
+    done, loads = [], []
+    for spec in specs:
+        want, fields, ya, out_row, nt = _gemm_setup(g, asm, mem, rng, **sp, **spec)
+        # _gemm_setup ends with the LOADs of A, B and P: take them out and re-emit them below
+        loads.append(asm.program.instructions[-3:])
+        del asm.program.instructions[-3:]
+        done.append((want, fields, ya, out_row, nt))
+        lines = _ceil(fields["k_beats"], g.bus_bytes)
+        sp = dict(a_sp=sp["a_sp"] + _ceil(spec["m"], g.rows) * lines, b_sp=sp["b_sp"] + nt * lines,
+                  p_sp=sp["p_sp"] + (_ceil(spec["m"], g.rows) * g.rows // 2 * nt if spec.get("bias_pairs") else nt))
+    (a1, b1, p1), (a2, b2, p2) = loads
+    for ins, on_dma in ((a1, 0), (a2, 0), (p1, 0), (b1, 1), (b2, 0), (p2, 1)):
+        asm.emit(Op.LOAD, **{**dict(ins.args), "on_dma": on_dma})
+    o_sp = 0
+    for want, fields, ya, out_row, nt in done:
+        asm.gemm(o_addr=o_sp, **fields)
+        o_sp += _ceil(fields["m"], g.rows) * g.rows * nt
+    o_sp = 0
+    for want, fields, ya, out_row, nt in done:
+        asm.store(Target.O, ya, fields["m"], nt, o_sp, row_elems=fields["n"])
+        o_sp += _ceil(fields["m"], g.rows) * g.rows * nt
+    case = Case("weights_on_dma", asm.end())
+    for i, (want, fields, ya, out_row, nt) in enumerate(done):
+        case.expect(f"Y{i}", ya, want, 1, out_row)
     return case
 
 
@@ -669,6 +705,24 @@ def test_top_softmax_into_a(tmp_path):
     cases[1].name += "_whole_beats"          # programs are written to files named after their case
     _run(tmp_path / "fast", SMALL, cases)
     _run(tmp_path / "slow", SMALL, cases[:1], latency=3)
+
+
+def test_top_weights_over_both_dma_engines(tmp_path):
+    """LOADs into B and P run on the DMA engine (``on_dma``) beside the weight DMA's LOADs into
+    the other scratchpad, and wait for it when both would write B: the GEMMs' results are
+    bit-exact and the cycles those of the model, with a fast and a slow memory. The model's
+    timeline shows both overlaps and the wait, so the test covers what it names."""
+    rng = np.random.default_rng(61)
+    case = weights_on_dma_case(SMALL, rng)
+    ins = case.program.instructions
+    tl = timeline(case.program, SMALL)
+    (p1, b1, b2, p2) = (2, 3, 4, 5)
+    assert [instr_engine(ins[i]) for i in (p1, b1, b2, p2)] == [Engine.WDMA, Engine.DMA, Engine.WDMA, Engine.DMA]
+    overlap = lambda i, j: tl.issue[i] < tl.finish[j] and tl.issue[j] < tl.finish[i]
+    assert overlap(p1, b1) and overlap(b2, p2)
+    assert ins[b2]["wait"] & (1 << Engine.DMA) and tl.issue[b2] >= tl.finish[b1]
+    _run(tmp_path / "fast", SMALL, [case])
+    _run(tmp_path / "slow", SMALL, [case], latency=3)
 
 
 def test_top_store_stops_after_last_element(tmp_path):

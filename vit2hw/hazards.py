@@ -31,7 +31,7 @@ from vit2hw.isa import (WAIT_OLDER_GEMM, Engine, Geometry, Instruction, Op, Targ
 
 T = TypeVar("T")
 
-__all__ = ["Span", "A_PORT", "accesses", "conflicts", "spans_conflict", "assign_waits", "in_flight", "Running", "v_half_lines", "dram_span"]
+__all__ = ["Span", "A_PORT", "B_PORT", "P_PORT", "PORT_SPACES", "accesses", "conflicts", "spans_conflict", "assign_waits", "in_flight", "Running", "v_half_lines", "dram_span"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,13 @@ def v_half_lines(g: Geometry) -> int:
 #: while the DMA engine's writers (one at a time anyway) stay free to be reordered among
 #: themselves.
 A_PORT = Span("AWRITE", 0, 1)
+#: B's and P's one write port each, shared by the weight DMA and the DMA engine (a LOAD's
+#: ``on_dma`` bit): every LOAD into B (P) lists it among its writes, so LOADs into B on the
+#: two engines never run at the same time. Like every port, it says nothing about order:
+#: :data:`PORT_SPACES` lists the spaces :mod:`vit2hw.reorder` leaves out of its dependencies.
+B_PORT = Span("BWRITE", 0, 1)
+P_PORT = Span("PWRITE", 0, 1)
+PORT_SPACES = frozenset({"BWRITE", "PWRITE"})
 
 
 def _v_port(lo: int, n: int, g: Geometry) -> Span:
@@ -97,6 +104,10 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
         reads = [ext] if ext else []
         if t == Target.A:
             reads.append(A_PORT)
+        elif t == Target.B:
+            w.append(B_PORT)
+        elif t == Target.P:
+            w.append(P_PORT)
         return reads, w
     if op == Op.STORE:
         t = Target(ins["target"])

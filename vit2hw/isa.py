@@ -55,8 +55,9 @@ __all__ = [
 #: 2: the ``wait`` field and concurrent engines (version-1 programs had no dependencies)
 #: 3: the weight DMA engine; 4: STORE into A (``dst_a``), an on-chip copy on the DMA engine
 #: 5: the older-GEMM wait bit; 6: a STORE skips a row's trailing words that hold no element
-#: below ``row_elems`` (fewer cycles; into A those lines keep what they held)
-ISA_VERSION = 7
+#: below ``row_elems`` (fewer cycles; into A those lines keep what they held); 7: SOFTMAX
+#: into A (``dst_a``); 8: a LOAD into B or P may run on the DMA engine (``on_dma``)
+ISA_VERSION = 8
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 OPCODE_BITS = 8
@@ -97,6 +98,9 @@ class Target(enum.IntEnum):
 #: LOAD targets served by the weight DMA engine (:data:`Engine.WDMA`, port ``wmem``); A and V
 #: LOADs and every STORE use the DMA engine (port ``mem``)
 WDMA_TARGETS = frozenset({Target.B, Target.P, Target.LN_CONST, Target.RES_CONST, Target.LUT_TABLE})
+#: weight-side targets the DMA engine can load as well (the LOAD's ``on_dma`` bit): the
+#: scratchpads the array reads, whose traffic can outrun the weight DMA
+DMA_CAPABLE = frozenset({Target.B, Target.P})
 
 
 class GemmMode(enum.IntEnum):
@@ -120,11 +124,13 @@ class Engine(enum.IntEnum):
     WDMA = 3      # LOADs of weights and constants (B, P, LN_CONST, RES_CONST, LUT_TABLE): ``wmem``
 
 
-def engine_of(op: Op | int, target: "Target | int | None" = None) -> Engine | None:
+def engine_of(op: Op | int, target: "Target | int | None" = None, on_dma: int = 0) -> Engine | None:
     """The engine that executes ``op`` (None for END and FENCE, which the sequencer handles);
-    a LOAD's engine follows its ``target`` (:data:`WDMA_TARGETS` go to the weight DMA)."""
+    a LOAD's engine follows its ``target`` (:data:`WDMA_TARGETS` go to the weight DMA unless
+    ``on_dma`` moves a LOAD into B or P to the DMA engine)."""
     op = Op(op)
-    if op == Op.LOAD and target is not None and Target(target) in WDMA_TARGETS:
+    if op == Op.LOAD and target is not None and Target(target) in WDMA_TARGETS and not (
+            on_dma and Target(target) in DMA_CAPABLE):
         return Engine.WDMA
     if op in (Op.LOAD, Op.STORE):
         return Engine.DMA
@@ -137,7 +143,9 @@ def engine_of(op: Op | int, target: "Target | int | None" = None) -> Engine | No
 
 def instr_engine(ins: "Instruction") -> Engine | None:
     """The engine that executes instruction ``ins`` (:func:`engine_of` with its LOAD target)."""
-    return engine_of(ins.op, ins["target"] if ins.op == Op.LOAD else None)
+    if ins.op != Op.LOAD:
+        return engine_of(ins.op)
+    return engine_of(ins.op, ins["target"], ins["on_dma"])
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,10 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
     Op.END: (),
     Op.FENCE: (),
     Op.LOAD: ("target:u3", "ebytes_log2:u2", "ext_addr:u32", "ext_stride:u32", "rows:u16",
-              "row_lines:u16", "spad_addr:u24"),
+              "row_lines:u16", "spad_addr:u24",
+              # appended: a LOAD into B or P runs on the DMA engine (port ``mem``) instead of
+              # the weight DMA, when that one is busy and the DMA engine is not
+              "on_dma:u1"),
     Op.STORE: ("target:u3", "ebytes_log2:u2", "ext_addr:u32", "ext_stride:u32", "rows:u16",
                "row_lines:u16", "spad_addr:u24", "row_elems:u16",
                # appended (bit 149): the words go into A from line ``a_addr`` (as a LOAD of them
@@ -244,6 +255,10 @@ class Instruction:
 
     def get(self, name: str, default: int = 0) -> int:
         return dict(self.args).get(name, default)
+
+    def with_fields(self, **fields: int) -> "Instruction":
+        """The same instruction with ``fields`` set (checked as :meth:`make` checks them)."""
+        return Instruction.make(self.op, **{**dict(self.args), **fields})
 
     def with_wait(self, mask: int) -> "Instruction":
         """The same instruction with its ``wait`` field set to ``mask``."""
@@ -591,8 +606,12 @@ class Assembler:
             raise ProgramError(f"external address {addr:#x} / stride {stride} not multiples of {wb}")
 
     def load(self, target: Target, ext_addr: int, rows: int, row_lines: int, spad_addr: int,
-             ext_stride: int | None = None, ebytes: int = 1) -> Instruction:
-        """Copy ``rows`` × ``row_lines`` lines from external memory (rows ``ext_stride`` apart)."""
+             ext_stride: int | None = None, ebytes: int = 1, on_dma: bool = False) -> Instruction:
+        """Copy ``rows`` × ``row_lines`` lines from external memory (rows ``ext_stride`` apart);
+        ``on_dma``: a LOAD into B or P runs on the DMA engine instead of the weight DMA."""
+        if on_dma and Target(target) not in DMA_CAPABLE:
+            raise ProgramError(f"on_dma is for LOADs into {sorted(t.name for t in DMA_CAPABLE)}, "
+                               f"not {Target(target).name}")
         wpl = self.g.words_per_line(target, ebytes)
         if ext_stride is None:
             ext_stride = row_lines * wpl * self.g.bus_bytes
@@ -607,7 +626,8 @@ class Assembler:
         if last > self.g.depth(target):
             raise ProgramError(f"LOAD into {Target(target).name} ends at line {last} > depth {self.g.depth(target)}")
         return self.emit(Op.LOAD, target=int(target), ebytes_log2=_log2_bytes(ebytes), ext_addr=ext_addr,
-                         ext_stride=ext_stride, rows=rows, row_lines=row_lines, spad_addr=spad_addr)
+                         ext_stride=ext_stride, rows=rows, row_lines=row_lines, spad_addr=spad_addr,
+                         on_dma=int(on_dma))
 
     def load_const(self, target: Target, ext_addr: int, count: int, index: int = 0) -> Instruction:
         """Load ``count`` 16-byte records into a unit's constant memory from entry ``index``."""

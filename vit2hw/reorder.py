@@ -25,6 +25,12 @@ moves instructions earlier where that is safe and the replayed timeline
   array it can lose a little (vit_digits on sim4x4: +0.2 %); the scheduler replays both
   orders, each with the windows in :data:`WINDOWS`, and keeps the shortest program.
 
+* **either DMA engine for B and P**: a LOAD into B or P may run on the DMA engine as well as
+  on the weight DMA (the LOAD's ``on_dma`` bit). When it is placed, it goes to the DMA engine
+  if that one would start it sooner; the weight DMA keeps it on a tie. Sharing a write port
+  does not order two LOADs (:data:`vit2hw.hazards.PORT_SPACES`): only their ``wait`` bits keep
+  them apart in time.
+
 END and FENCE stay where they are (barriers). The result is deterministic.
 """
 
@@ -33,17 +39,20 @@ from __future__ import annotations
 from typing import Sequence
 
 from vit2hw.cyclemodel import Sequencer, engine_cycles
-from vit2hw.hazards import Running, accesses, spans_conflict
-from vit2hw.isa import Geometry, Instruction, Op, instr_engine
+from vit2hw.hazards import PORT_SPACES, Running, accesses, spans_conflict
+from vit2hw.isa import DMA_CAPABLE, Engine, Geometry, Instruction, Op, Target, instr_engine
 
 __all__ = ["reorder", "depends", "TIE_RULES", "WINDOWS"]
 
 
 class _Info:
-    __slots__ = ("reads", "writes", "engine")
+    __slots__ = ("reads", "writes", "oreads", "owrites", "engine")
 
     def __init__(self, ins: Instruction, g: Geometry):
         self.reads, self.writes = accesses(ins, g)       # external memory (DRAM) included
+        # what orders two instructions: their data, not the write ports they share
+        self.oreads = [s for s in self.reads if s.space not in PORT_SPACES]
+        self.owrites = [s for s in self.writes if s.space not in PORT_SPACES]
         self.engine = instr_engine(ins)
 
 
@@ -52,7 +61,7 @@ def _conflict(a: _Info, b: _Info) -> bool:
 
 
 def _depends(a: _Info, b: _Info) -> bool:
-    return _conflict(a, b)
+    return spans_conflict(a.oreads, a.owrites, b.oreads, b.owrites)
 
 
 def depends(a: Instruction, b: Instruction, g: Geometry) -> bool:
@@ -69,13 +78,19 @@ WINDOWS = (64, 80)
 
 
 def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int = 1,
-            window: int = 64, tie: str = "chain") -> list[int]:
-    """A dependency-preserving order of ``instructions`` (as indices into it); ``tie`` picks
-    among instructions that would issue in the same cycle (see the module docstring)."""
+            window: int = 64, tie: str = "chain", move_loads: bool = True) -> tuple[list[int], list[Instruction]]:
+    """A dependency-preserving order of ``instructions``: the indices into it, and the
+    instructions in that order. ``tie`` picks among instructions that would issue in the
+    same cycle (see the module docstring). With ``move_loads`` a LOAD into B or P that the
+    DMA engine would start sooner than the weight DMA goes to the DMA engine (its
+    ``on_dma`` bit set in the returned instructions)."""
     if tie not in TIE_RULES:
         raise ValueError(f"tie must be one of {TIE_RULES}, got {tie!r}")
     n = len(instructions)
+    instructions = list(instructions)
     info = [_Info(ins, g) for ins in instructions]
+    movable = [move_loads and ins.op == Op.LOAD and Target(ins["target"]) in DMA_CAPABLE and info[i].engine == Engine.WDMA
+               for i, ins in enumerate(instructions)]
     cost = [0 if info[i].engine is None else engine_cycles(ins, g, mem_latency)
             for i, ins in enumerate(instructions)]
     barrier = [ins.op in (Op.END, Op.FENCE) for ins in instructions]
@@ -97,9 +112,16 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
         indeg[j] = d
         pool.append(j)
 
-    def issue_time(j: int) -> int:
-        e = info[j].engine
+    def issue_time(j: int, e: Engine | None) -> int:
         return seq.issue_cycle(e, running.wait_mask(e, lambda i: _conflict(info[j], info[i])))
+
+    def earliest(j: int) -> tuple[int, Engine | None]:
+        t = issue_time(j, info[j].engine)
+        if movable[j]:
+            td = issue_time(j, Engine.DMA)
+            if td < t:
+                return td, Engine.DMA
+        return t, info[j].engine
 
     def chain(j: int, memo: dict[int, int]) -> int:
         """Engine cycles of the longest dependent chain from ``j`` among the admitted."""
@@ -111,11 +133,14 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
         while nxt < n and len(pool) < window:
             admit(nxt)
             nxt += 1
-        when = {j: issue_time(j) for j in pool if indeg[j] == 0}
-        first = min(when.values())
+        when = {j: earliest(j) for j in pool if indeg[j] == 0}
+        first = min(t for t, _ in when.values())
         memo: dict[int, int] = {}
-        tied = [j for j, t in when.items() if t == first]
+        tied = [j for j, (t, _) in when.items() if t == first]
         best = min(tied, key=lambda j: (-chain(j, memo), j)) if tie == "chain" else min(tied)
+        if when[best][1] != info[best].engine:
+            instructions[best] = instructions[best].with_fields(on_dma=1)
+            info[best].engine = when[best][1]
         seq.issue(instructions[best], first)
         running.record(instructions[best], best)
         order.append(best)
@@ -123,4 +148,4 @@ def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int =
         for s in succ.pop(best):
             indeg[s] -= 1
         del indeg[best]
-    return order
+    return order, [instructions[i] for i in order]

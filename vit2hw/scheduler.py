@@ -1379,9 +1379,9 @@ class _Scheduler:
         self.layers.append(order[-1].name)     # END: attributed to the last node (see docs)
         instrs = self.asm.program.instructions
         best = None
-        for perm in ([reorder(instrs, self.g, self.lat, window=w, tie=t) for w in WINDOWS for t in TIE_RULES]
-                     if self.interleave else [list(range(len(instrs)))]):
-            program = dataclasses.replace(self.asm.program, instructions=assign_waits([instrs[i] for i in perm], self.g))
+        for perm, placed in ([reorder(instrs, self.g, self.lat, window=w, tie=t) for w in WINDOWS for t in TIE_RULES]
+                             if self.interleave else [(list(range(len(instrs))), instrs)]):
+            program = dataclasses.replace(self.asm.program, instructions=assign_waits(placed, self.g))
             cycles = program_cycles(program, self.config, self.lat)
             if best is None or cycles < best[0]:
                 best = (cycles, perm, program.instructions)
