@@ -245,7 +245,8 @@ class _Halves:
         self.depth = {Target.A: g.a_depth, Target.B: g.b_depth if b_lines is None else b_lines,
                       Target.P: g.p_depth, Target.O: g.o_depth}
         self.turn = {t: 0 for t in self.depth}
-        self.o_half, self.o_next = 1, g.o_depth  # O: the half in use and its next free line (take_o)
+        # O and P: the half in use and its next free line (take_ring)
+        self.ring = {Target.O: [1, g.o_depth], Target.P: [1, g.p_depth]}
 
     def base(self, target: Target) -> int:
         return self.turn[target] * (self.depth[target] // 2)
@@ -254,22 +255,30 @@ class _Halves:
         self.turn[target] ^= 1
 
     def take_o(self, lines: int) -> int:
-        """The first of ``lines`` O lines for the next GEMM's output. Each half of O is used as
-        a ring: an output goes right after the previous one when it fits in that half, else
-        to the start of the other half. Consecutive outputs never overlap (the scheduler
-        emits a GEMM's STOREs, and a scores chunk's P·V, after the next GEMM), and a small
-        output (a 40-row tile of the 192-column projection: 160 of 1 280 lines) leaves the
-        latest few in place, so the next layer's larger GEMM (fc1's 640 lines) need not
-        wait for the MOVE of the output just before it. Outputs of half of O alternate
-        between the halves, as plain double buffering would."""
-        half = self.depth[Target.O] // 2
+        """The first of ``lines`` O lines for the next GEMM's output (:meth:`take_ring`).
+        Consecutive outputs never overlap (the scheduler emits a GEMM's STOREs, and a scores
+        chunk's P·V, after the next GEMM), and a small output (a 40-row tile of the
+        192-column projection: 160 of 1 280 lines) leaves the latest few in place, so the
+        next layer's larger GEMM (fc1's 640 lines) need not wait for the MOVE of the output
+        just before it."""
+        return self.take_ring(Target.O, lines)
+
+    def take_ring(self, target: Target, lines: int) -> int:
+        """The first of ``lines`` lines of O or P, each half of it used as a ring: they go
+        right after the previous ones when they fit in that half, else to the start of the
+        other half. Blocks of half the scratchpad alternate between the halves, as plain
+        double buffering would; smaller ones stay longer, so their rewrite waits on an older
+        reader (the patch embedding's per-token P lines, a quarter of P a row block, load
+        up to three blocks ahead of the GEMM instead of one)."""
+        half = self.depth[target] // 2
         if lines > half:
-            raise AssertionError(f"a double-buffered GEMM output of {lines} O lines exceeds half of O ({half})")
-        if self.o_next + lines > (self.o_half + 1) * half:
-            self.o_half ^= 1
-            self.o_next = self.o_half * half
-        at = self.o_next
-        self.o_next += lines
+            raise AssertionError(f"a double-buffered block of {lines} {target.name} lines exceeds half of it ({half})")
+        ring = self.ring[target]
+        if ring[1] + lines > (ring[0] + 1) * half:
+            ring[0] ^= 1
+            ring[1] = ring[0] * half
+        at = ring[1]
+        ring[1] += lines
         return at
 
 
@@ -354,9 +363,12 @@ class _Scheduler:
         held = self.res.lookup(target, (ext_addr, ext_stride, rows, row_lines, 1))
         if held is not None:
             return held
-        spad = self.halves.base(target) if double else 0
-        if double:
-            self.halves.flip(target)
+        if target == Target.P and double:
+            spad = self.halves.take_ring(target, rows * row_lines)
+        else:
+            spad = self.halves.base(target) if double else 0
+            if double:
+                self.halves.flip(target)
         return self.load(target, ext_addr, rows, row_lines, spad, ext_stride)
 
     def weight_region_lines(self) -> int:
