@@ -153,7 +153,7 @@ class Controller(wiring.Component):
 def drain_context_layout() -> data.StructLayout:
     """The GEMM fields the drain needs after the feed has moved on to the next GEMM."""
     gemm = {f.name: f for f in FIELDS[Op.GEMM]}
-    names = ("m_tiles", "n_tiles", "o_addr", "p_addr", "row_params", "bias_per_row", "bias_pairs",
+    names = ("m_tiles", "n_tiles", "o_addr", "p_addr", "row_params", "bias_per_row", "bias_pairs", "bias_quads",
              "out_bits", "out_signed", "bypass", "lut", "lut_bits")
     return data.StructLayout({n: unsigned(gemm[n].bits) for n in names})
 
@@ -287,19 +287,25 @@ class GemmEngine(wiring.Component):
         # bias_pairs: rows 2i and 2i+1 of the instruction share P line i·n_tiles + j. With an
         # even R a tile's row r has the parity of r, and its pair offset (r // 2)·n_tiles
         # grows by n_tiles after each odd row; the tile's first pair is at d_rowoff / 2.
+        # bias_quads (R a multiple of 4): the same with rows 4i .. 4i+3 and d_rowoff / 4.
+        quads = R % 4 == 0
         pr_off, pr_off_n = Signal(24), Signal(24)
         m.d.comb += pr_off_n.eq(pr_off)
         m.d.sync += pr_off.eq(pr_off_n)
         pr_cur = Mux(ra.drain_row == 0, 0, pr_off)
+        group_last = Mux(dc.bias_quads, ra.drain_row[:2] == 3, ra.drain_row[0]) if quads else ra.drain_row[0]
         with m.If(instr_end):
             m.d.comb += pr_off_n.eq(0)
         with m.Elif(ra.drain_valid):
-            m.d.comb += pr_off_n.eq(pr_cur + Mux(ra.drain_row[0], dc.n_tiles, 0))
+            m.d.comb += pr_off_n.eq(pr_cur + Mux(group_last, dc.n_tiles, 0))
+        group_base = lambda rowoff: (Mux(nc.bias_quads, rowoff >> 2, rowoff >> 1) if quads else rowoff >> 1)
         pair_n = Signal(24)
-        m.d.comb += pair_n.eq(Mux(same_tile, (d_rowoff >> 1) + d_j + pr_off_n,
-                                  (d_rowoff_n >> 1) + d_j_n))
+        m.d.comb += pair_n.eq(Mux(same_tile, group_base(d_rowoff) + d_j + pr_off_n,
+                                  group_base(d_rowoff_n) + d_j_n))
         odd_row = Signal()
         m.d.comb += odd_row.eq(dc.bias_pairs & ra.drain_row[0] if R % 2 == 0 else 0)
+        quad_row = Signal()
+        m.d.comb += quad_row.eq(dc.bias_per_row & dc.bias_quads if quads else 0)
         # row_params: rows leave in order 0, 1, 2, ... (one column tile), row r taking record
         # r % C of P line r // C; (rp_line, rp_rec) is the next row to leave
         rp_line, rp_line_n = Signal(24), Signal(24)
@@ -314,7 +320,8 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 m.d.comb += rp_rec_n.eq(rp_rec + 1)
         m.d.comb += self.p_rd.addr.eq(nc.p_addr + Mux(nc.row_params, rp_line_n,
-                                                      Mux(nc.bias_per_row, Mux(nc.bias_pairs, pair_n, cur_n),
+                                                      Mux(nc.bias_per_row,
+                                                          Mux(nc.bias_pairs | nc.bias_quads, pair_n, cur_n),
                                                           d_j_n)))
         rec_bits = RECORD_BYTES * 8
         prm = self.p_rd.data[0]
@@ -323,8 +330,17 @@ class GemmEngine(wiring.Component):
         for c in range(C):
             rec = Mux(dc.row_params, row_rec, prm[c * rec_bits:(c + 1) * rec_bits])
             col = ra.params.col[c]
-            m.d.comb += [col.bias.eq(Mux(odd_row, rec[96:128], rec[0:32])), col.m.eq(rec[32:48]), col.s.eq(rec[48:54]),
-                         col.zp.eq(rec[64:80])]
+            pair_bias = Mux(odd_row, rec[96:128], rec[0:32])
+            if quads:
+                # PARAM_QUAD_RECORD: row 4i+k's 24-bit bias at bit 24k, then m, s and an int8 zp
+                q = ra.drain_row[:2]
+                quad_bias = Mux(q[1], Mux(q[0], rec[72:96], rec[48:72]), Mux(q[0], rec[24:48], rec[0:24])).as_signed()
+                m.d.comb += [col.bias.eq(Mux(quad_row, quad_bias, pair_bias.as_signed())),
+                             col.m.eq(Mux(quad_row, rec[96:112], rec[32:48])),
+                             col.s.eq(Mux(quad_row, rec[112:118], rec[48:54])),
+                             col.zp.eq(Mux(quad_row, rec[120:128].as_signed(), rec[64:80].as_signed()))]
+            else:
+                m.d.comb += [col.bias.eq(pair_bias), col.m.eq(rec[32:48]), col.s.eq(rec[48:54]), col.zp.eq(rec[64:80])]
         m.d.comb += [ra.params.out_bits.eq(dc.out_bits), ra.params.out_signed.eq(dc.out_signed),
                      ra.params.bypass.eq(dc.bypass)]
         # the row's O address, lookup flag and end-of-instruction mark travel alongside the

@@ -26,8 +26,8 @@ from sim.runner import run_cocotb
 from vit2hw import intops as I
 from vit2hw.cyclemodel import program_cycles, timeline
 from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RES_RECORD, WAIT_OLDER_GEMM, Assembler, Engine,
-                        Geometry, GemmMode, Op, Program, SoftmaxMode, Target, pack_records, pack_rows, store_row_words,
-                        store_words_written, instr_engine)
+                        Geometry, GemmMode, Op, Program, SoftmaxMode, Target, instr_engine, pack_quad_records,
+                        pack_records, pack_rows, store_row_words, store_words_written)
 
 SMALL = AcceleratorConfig(name="small4x4", rows=4, cols=4, vector_lanes=4, act_buf_bytes=4 * 4 * 64,
                           weight_buf_bytes=4 * 4 * 64, out_buf_bytes=16 * 64, mem_bus_bits=32,
@@ -78,7 +78,7 @@ def _param_lines(g: Geometry, n: int, bias, m, s, zp, bias1=0) -> tuple[bytes, i
 def _gemm_setup(g: Geometry, asm: Assembler, mem: Layout, rng, m: int, k: int, n: int,
                 mode: GemmMode = GemmMode.MUL8, out_ebytes: int = 1, bias_per_row: bool = False,
                 lut_bits: int = 0, row_params: bool = False, bias_pairs: bool = False,
-                a_sp: int = 0, b_sp: int = 0, p_sp: int = 0):
+                a_sp: int = 0, b_sp: int = 0, p_sp: int = 0, bias_quads: bool = False):
     """Operands, parameters and expected result of one GEMM (see :func:`gemm_case`): the data
     is placed in external memory, LOADed into A/B/P from lines ``a_sp``/``b_sp``/``p_sp``.
     Returns ``(want, gemm_fields, out_addr, out_row, nt)``; ``gemm_fields`` lack ``o_addr``."""
@@ -105,7 +105,7 @@ def _gemm_setup(g: Geometry, asm: Assembler, mem: Layout, rng, m: int, k: int, n
     if mode != GemmMode.PACKED:
         w_bytes = w.T
     mt, nt = _ceil(m, g.rows), _ceil(n, g.cols)
-    bias_per_row = bias_per_row or bias_pairs
+    bias_per_row = bias_per_row or bias_pairs or bias_quads
     bias = rng.integers(-5000, 5000, (mt * g.rows, n) if bias_per_row else n)
     out_bits = lut_bits or 8 * out_ebytes
     scale = max(1, int(np.abs(acc).max()))
@@ -141,6 +141,11 @@ def _gemm_setup(g: Geometry, asm: Assembler, mem: Layout, rng, m: int, k: int, n
         params = b"".join(_param_lines(g, n, bias[i], mult, shift, zp, bias1=bias[i + 1])[0]
                           for i in range(0, mt * g.rows, 2))
         p_lines = mt * g.rows // 2 * nt
+    elif bias_quads:
+        pad = lambda v: np.pad(np.broadcast_to(np.asarray(v, np.int64), (n,)), (0, nt * g.cols - n))
+        params = b"".join(pack_quad_records(np.stack([pad(bias[i + k]) for k in range(4)]), pad(mult), pad(shift),
+                                            pad(zp)) for i in range(0, mt * g.rows, 4))
+        p_lines = mt * g.rows // 4 * nt
     elif bias_per_row:
         params = b"".join(_param_lines(g, n, row, mult, shift, zp)[0] for row in bias)
         p_lines = mt * g.rows * nt
@@ -156,14 +161,15 @@ def _gemm_setup(g: Geometry, asm: Assembler, mem: Layout, rng, m: int, k: int, n
     asm.load(Target.P, pa, p_lines, 1, p_sp)
     fields = dict(m=m, n=n, k_beats=k_beats, a_addr=a_sp, b_addr=b_sp, p_addr=p_sp, out_bits=min(out_bits, 32),
                   mode=mode, bypass=out_ebytes == 4, bias_per_row=bias_per_row, lut_bits=lut_bits,
-                  row_params=row_params, bias_pairs=bias_pairs)
+                  row_params=row_params, bias_pairs=bias_pairs, bias_quads=bias_quads)
     return want, fields, ya, out_row, nt
 
 
 def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, name: str = "gemm",
               out_ebytes: int = 1, bias_per_row: bool = False, lut_bits: int = 0,
               row_params: bool = False, forward_softmax: bool = False,
-              softmax_from_o: SoftmaxMode | None = None, bias_pairs: bool = False) -> Case:
+              softmax_from_o: SoftmaxMode | None = None, bias_pairs: bool = False,
+              bias_quads: bool = False) -> Case:
     """Y = requant(X @ W + bias) tiled over the array; M, K, N need not be multiples of it.
 
     ``out_ebytes`` 1/2 requantizes to int8/int16; 4 is the bypass (raw int32 ``acc + bias``).
@@ -179,7 +185,7 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
     g = Geometry.from_config(cfg)
     asm, mem = Assembler(g), Layout()
     want, fields, ya, out_row, nt = _gemm_setup(g, asm, mem, rng, m, k, n, mode, out_ebytes, bias_per_row,
-                                                lut_bits, row_params, bias_pairs)
+                                                lut_bits, row_params, bias_pairs, bias_quads=bias_quads)
     wb = g.bus_bytes
     asm.gemm(o_addr=0, **fields)
     if softmax_from_o is not None:
@@ -214,15 +220,16 @@ def gemm_case(cfg, rng, m: int, k: int, n: int, mode: GemmMode = GemmMode.MUL8, 
 
 
 def back_to_back_gemms_case(cfg, rng) -> Case:
-    """Four GEMMs issued back to back, each taken while the one before drains: different K
+    """Six GEMMs issued back to back, each taken while the one before drains: different K
     (one below the rows, one of a single beat), output formats (int16, int8 with paired-row
-    biases, per-row parameters, raw int32) and parameter layouts, each in its own A/B/P/O
-    lines. The first result's STORE comes after the second GEMM, so it waits only for the
+    biases, per-row parameters, raw int32, four rows' biases to a P line followed by paired
+    ones) and parameter layouts, each in its own A/B/P/O lines. The first result's STORE comes after the second GEMM, so it waits only for the
     older GEMM (``WAIT_OLDER_GEMM``); the others come after the last GEMM."""
     g = Geometry.from_config(cfg)
     asm, mem = Assembler(g), Layout()
     specs = [dict(m=6, k=9, n=7, out_ebytes=2), dict(m=7, k=2, n=4, bias_pairs=True),
-             dict(m=11, k=7, n=3, row_params=True), dict(m=4, k=1, n=5, out_ebytes=4)]
+             dict(m=11, k=7, n=3, row_params=True), dict(m=4, k=1, n=5, out_ebytes=4),
+             dict(m=9, k=3, n=4, bias_quads=True), dict(m=3, k=2, n=3, bias_pairs=True)]
     a_sp = b_sp = p_sp = o_sp = 0
     done = []
     for spec in specs:
@@ -233,7 +240,8 @@ def back_to_back_gemms_case(cfg, rng) -> Case:
         a_sp += mt * lines
         b_sp += _ceil(spec["n"], g.cols) * lines
         p_sp += (_ceil(mt * g.rows, g.cols) if spec.get("row_params")
-                 else mt * g.rows // 2 * nt if spec.get("bias_pairs") else nt)
+                 else mt * g.rows // 2 * nt if spec.get("bias_pairs")
+                 else mt * g.rows // 4 * nt if spec.get("bias_quads") else nt)
         o_sp += mt * g.rows * nt
     assert a_sp <= g.a_depth and b_sp <= g.b_depth and p_sp <= g.p_depth and o_sp <= g.o_depth
 
@@ -703,6 +711,19 @@ def test_top_softmax_into_a(tmp_path):
     cases = [uniform_attention_case(SMALL, rng, 9, 11, 6, on_chip="softmax"),
              uniform_attention_case(SMALL, rng, 9, 16, 5, on_chip="softmax")]
     cases[1].name += "_whole_beats"          # programs are written to files named after their case
+    _run(tmp_path / "fast", SMALL, cases)
+    _run(tmp_path / "slow", SMALL, cases[:1], latency=3)
+
+
+def test_top_bias_quads(tmp_path):
+    """GEMM bias_quads: output rows 4i .. 4i+3 take their 24-bit biases from one P line of
+    PARAM_QUAD_RECORDs (m, s and an int8 zero point beside them), over row tiles and two
+    column tiles, M not a multiple of four; bit-exact, cycles those of the model (the drain
+    reads P as with paired biases), fast and slow memory. back_to_back_gemms_case also runs a
+    quads GEMM draining straight into a paired-bias one."""
+    rng = np.random.default_rng(67)
+    cases = [gemm_case(SMALL, rng, 10, 11, 7, bias_quads=True, name="quads"),
+             gemm_case(SMALL, rng, 13, 5, 4, bias_quads=True, name="quads_one_tile")]
     _run(tmp_path / "fast", SMALL, cases)
     _run(tmp_path / "slow", SMALL, cases[:1], latency=3)
 

@@ -123,6 +123,7 @@ def accesses(ins: Instruction, g: Geometry) -> tuple[list[Span], list[Span]]:
         out_lines = mt * g.rows * nt
         p_lines = (_ceil(mt * g.rows, g.cols) if ins["row_params"] else
                    _ceil(out_lines, 2) if ins["bias_per_row"] and ins["bias_pairs"] else
+                   _ceil(out_lines, 4) if ins["bias_per_row"] and ins["bias_quads"] else
                    out_lines if ins["bias_per_row"] else nt)
         reads = [Span("A", ins["a_addr"], ins["a_addr"] + mt * ins["a_row_lines"]),
                  Span("B", ins["b_addr"], ins["b_addr"] + nt * ins["b_row_lines"]),

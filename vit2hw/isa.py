@@ -48,7 +48,8 @@ __all__ = [
     "FIELDS", "Field", "WAIT_FIELD", "WAIT_OLDER_GEMM",
     "WAIT_POS", "field_offsets", "empty_gemm",
     "Instruction", "encode", "decode", "Segment", "Program", "ProgramError",
-    "Geometry", "PARAM_RECORD", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
+    "Geometry", "PARAM_RECORD", "PARAM_QUAD_RECORD", "QUAD_BIAS_BITS", "quad_biases_fit", "pack_quad_records",
+    "unpack_quad_records", "LN_RECORD", "RES_RECORD", "LUT_RECORD",
     "pack_records", "pack_rows", "unpack_rows", "Assembler", "store_row_words", "store_words_written",
 ]
 
@@ -56,8 +57,9 @@ __all__ = [
 #: 3: the weight DMA engine; 4: STORE into A (``dst_a``), an on-chip copy on the DMA engine
 #: 5: the older-GEMM wait bit; 6: a STORE skips a row's trailing words that hold no element
 #: below ``row_elems`` (fewer cycles; into A those lines keep what they held); 7: SOFTMAX
-#: into A (``dst_a``); 8: a LOAD into B or P may run on the DMA engine (``on_dma``)
-ISA_VERSION = 8
+#: into A (``dst_a``); 8: a LOAD into B or P may run on the DMA engine (``on_dma``);
+#: 9: GEMM ``bias_quads`` (four output rows to a P line)
+ISA_VERSION = 9
 INSTR_BITS = 256
 INSTR_BYTES = INSTR_BITS // 8
 OPCODE_BITS = 8
@@ -190,7 +192,10 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
               "row_params:u1",
               # appended (bit 202): with bias_per_row, one P line per pair of output rows
               # (the odd row's bias in the records' ``bias1``)
-              "bias_pairs:u1"),
+              "bias_pairs:u1",
+              # appended (bit 203): with bias_per_row, one P line per four output rows, in
+              # PARAM_QUAD_RECORDs (24-bit biases; ISA version 9)
+              "bias_quads:u1"),
     Op.LAYERNORM: ("src:u24", "dst:u24", "rows:u16", "channels:u16", "out_bits:u6", "out_zp:s16"),
     # ``mode`` was appended (bit 88) so that words written before it decode as log2 softmax
     Op.SOFTMAX: ("src:u24", "dst:u24", "rows:u16", "length:u16", "mode:u1", "src_o:u1", "src_row_lines:u16",
@@ -529,6 +534,49 @@ for _dt in (PARAM_RECORD, LN_RECORD, RES_RECORD, LUT_RECORD):
     assert _dt.itemsize == RECORD_BYTES
 
 
+#: a ``bias_quads`` P record: the biases of four consecutive output rows (24-bit, signed,
+#: little-endian, row ``4i + k`` at byte ``3k``) and the column's requantization with an
+#: int8 zero point; for per-token biases (the position embedding folded into the patch
+#: embedding's bias) that fit, it halves the P traffic of ``bias_pairs``
+PARAM_QUAD_RECORD = np.dtype([("b", "V12"), ("m", "<i2"), ("s", "u1"), ("zp", "i1")])
+QUAD_BIAS_BITS = 24
+
+
+def quad_biases_fit(bias, zp) -> bool:
+    """Whether biases and zero points fit a :data:`PARAM_QUAD_RECORD`."""
+    b, z = np.asarray(bias, np.int64), np.asarray(zp, np.int64)
+    lim = 1 << (QUAD_BIAS_BITS - 1)
+    return bool(b.size == 0 or (b.min() >= -lim and b.max() < lim)) and bool(z.size == 0 or (z.min() >= -128 and z.max() < 128))
+
+
+def pack_quad_records(bias: np.ndarray, m, s, zp) -> bytes:
+    """:data:`PARAM_QUAD_RECORD`s of ``n`` columns from ``bias`` [4, n] (the four rows) and
+    per-column (or scalar) ``m``, ``s``, ``zp``."""
+    bias = np.asarray(bias, np.int64)
+    if bias.ndim != 2 or bias.shape[0] != 4:
+        raise ProgramError("quad records need biases of shape [4, n]")
+    n = bias.shape[1]
+    if not quad_biases_fit(bias, zp):
+        raise ProgramError(f"quad records need {QUAD_BIAS_BITS}-bit biases and int8 zero points")
+    raw = np.frombuffer(pack_records(PARAM_QUAD_RECORD, n, m=m, s=s, zp=zp), np.uint8).reshape(n, RECORD_BYTES).copy()
+    u = bias & ((1 << QUAD_BIAS_BITS) - 1)
+    for k in range(4):
+        for j in range(3):
+            raw[:, 3 * k + j] = (u[k] >> (8 * j)) & 0xFF
+    return raw.tobytes()
+
+
+def unpack_quad_records(raw: np.ndarray) -> dict[str, np.ndarray]:
+    """``bias`` [..., 4] and ``m``, ``s``, ``zp`` [...] of :data:`PARAM_QUAD_RECORD` bytes
+    ``raw`` [..., 16]."""
+    raw = np.asarray(raw, np.uint8).astype(np.int64)
+    b = raw[..., 0:12].reshape(raw.shape[:-1] + (4, 3))
+    u = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+    bias = u - ((u >> (QUAD_BIAS_BITS - 1)) << QUAD_BIAS_BITS)
+    m = raw[..., 12] | (raw[..., 13] << 8)
+    return {"bias": bias, "m": m - ((m >> 15) << 16), "s": raw[..., 14] & 63, "zp": raw[..., 15] - ((raw[..., 15] >> 7) << 8)}
+
+
 def pack_records(dtype: np.dtype, n: int | None = None, **columns) -> bytes:
     """Records of ``dtype`` from equal-length integer columns (``n`` broadcasts scalars)."""
     arrays = {k: np.atleast_1d(np.asarray(v, np.int64)) for k, v in columns.items()}
@@ -669,7 +717,8 @@ class Assembler:
              out_bits: int = 8, out_signed: bool = True, mode: GemmMode = GemmMode.MUL8,
              a_unsigned: bool = False, bypass: bool = False, bias_per_row: bool = False,
              a_row_lines: int | None = None, b_row_lines: int | None = None,
-             lut_bits: int = 0, row_params: bool = False, bias_pairs: bool = False) -> Instruction:
+             lut_bits: int = 0, row_params: bool = False, bias_pairs: bool = False,
+             bias_quads: bool = False) -> Instruction:
         """``Y[m, n] = requant(A[m, k] @ B[k, n])`` tiled over the array; O line of (row i, tile j)
         is ``o_addr + i * n_tiles + j``. ``lut_bits`` > 0: every requantized ``lut_bits``-bit
         code is then looked up in LUT_TABLE (``intops.apply_lut``) on its way into O.
@@ -677,7 +726,9 @@ class Assembler:
         in every column (per-row requantization; one column tile). ``bias_pairs`` (with
         ``bias_per_row``, an even number of array rows): output rows ``2i`` and ``2i + 1`` share
         P line ``p_addr + i·n_tiles + j``, the odd row taking its bias from ``bias1``, which
-        halves the parameter traffic of a per-token bias."""
+        halves the parameter traffic of a per-token bias. ``bias_quads`` (with ``bias_per_row``,
+        a multiple of four array rows): output rows ``4i .. 4i+3`` share P line ``p_addr +
+        i·n_tiles + j`` of :data:`PARAM_QUAD_RECORD`s, half the traffic again."""
         g = self.g
         if GemmMode(mode) == GemmMode.PACKED and not g.int4_packing:
             raise ProgramError("GEMM mode PACKED needs an array built with int4_packing "
@@ -687,6 +738,9 @@ class Assembler:
         if bias_pairs and (not bias_per_row or g.rows % 2):
             raise ProgramError(f"GEMM bias_pairs needs bias_per_row and an even number of array rows "
                                f"(this array has {g.rows})")
+        if bias_quads and (not bias_per_row or bias_pairs or g.rows % 4):
+            raise ProgramError(f"GEMM bias_quads needs bias_per_row, not bias_pairs, and a multiple of four array "
+                               f"rows (this array has {g.rows})")
         if lut_bits and (bypass or out_bits != lut_bits or not out_signed or lut_bits > 8):
             raise ProgramError(f"GEMM table lookup needs signed requantized outputs of its {lut_bits} "
                                f"input bits (<= 8), got out_bits={out_bits} signed={out_signed} bypass={bypass}")
@@ -700,7 +754,7 @@ class Assembler:
                          a_addr=a_addr, a_row_lines=lines if a_row_lines is None else a_row_lines,
                          b_addr=b_addr, b_row_lines=lines if b_row_lines is None else b_row_lines,
                          o_addr=o_addr, p_addr=p_addr, lut=int(lut_bits > 0), lut_bits=lut_bits,
-                         row_params=int(row_params), bias_pairs=int(bias_pairs))
+                         row_params=int(row_params), bias_pairs=int(bias_pairs), bias_quads=int(bias_quads))
 
     def layernorm(self, src: int, dst: int, rows: int, channels: int, out_bits: int,
                   out_zp: int = 0) -> Instruction:

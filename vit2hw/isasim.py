@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vit2hw import intops as I
-from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Geometry,
+from vit2hw.isa import (LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Geometry, unpack_quad_records,
                         GemmMode, Instruction, Op, Program, Target, store_words_written)
 
 __all__ = ["MachineState", "IsaSimError", "new_memory", "execute", "run_program"]
@@ -225,7 +225,9 @@ def _gemm(st: MachineState, ins: Instruction) -> None:
     elif ins["bias_per_row"]:
         if ins["bias_pairs"] and R % 2:
             raise IsaSimError(f"GEMM bias_pairs on an array of {R} (odd) rows")
-        pair = 2 if ins["bias_pairs"] else 1
+        if ins["bias_quads"] and R % 4:
+            raise IsaSimError(f"GEMM bias_quads on an array of {R} rows (not a multiple of 4)")
+        pair = 4 if ins["bias_quads"] else 2 if ins["bias_pairs"] else 1
         p_lines = ins["p_addr"] + (m_idx // pair)[:, None] * nt + np.arange(nt)[None, :]
     else:
         p_lines = np.broadcast_to(ins["p_addr"] + np.arange(nt)[None, :], (mt * R, nt))
@@ -235,7 +237,12 @@ def _gemm(st: MachineState, ins: Instruction) -> None:
         rec = np.repeat(st.p[p_lines, m_idx % C][:, None], C, axis=1)
     else:
         rec = st.p[p_lines].reshape(mt * R, nt * C)                                 # per output element
-    bias = rec["bias"].astype(np.int64)
+    if ins["bias_per_row"] and ins["bias_quads"]:                                   # row 4i+k: the k-th bias
+        q = unpack_quad_records(rec.view(np.uint8).reshape(mt * R, nt * C, RECORD_BYTES))
+        bias = np.take_along_axis(q["bias"], (m_idx % 4)[:, None, None], axis=2)[..., 0]
+        rec = {k: q[k] for k in ("m", "s", "zp")}
+    else:
+        bias = rec["bias"].astype(np.int64)
     if ins["bias_per_row"] and ins["bias_pairs"]:                                   # odd rows: bias1
         bias = np.where((m_idx % 2 == 1)[:, None], rec["bias1"].astype(np.int64), bias)
     acc_b = acc + bias
