@@ -166,7 +166,9 @@ class GemmEngine(wiring.Component):
     ``k % bus_bytes``. Output row ``r`` of the tile (global row ``m = i·rows + r``) goes to O
     line ``o_addr + m·n_tiles + j`` with the parameters of P line ``p_addr + j`` (or
     ``p_addr + m·n_tiles + j`` with ``bias_per_row``, ``p_addr + (m // 2)·n_tiles + j`` with
-    ``bias_pairs`` too, odd rows taking the records' second bias). With ``lut`` every requantized code is
+    ``bias_pairs`` too, odd rows taking the records' second bias; ``p_addr + (m // 4)·n_tiles + j``
+    with ``bias_quads``, row ``m`` taking the ``m % 4``-th 24-bit bias of a PARAM_QUAD_RECORD).
+    With ``lut`` every requantized code is
     looked up in the engine's copies of LUT_TABLE (written through ``lut_wr``) before O.
 
     The engine takes the next GEMM while the previous one drains: ``accept_busy`` is high

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from hdl.config import AcceleratorConfig
 from vit2hw import cyclemodel as cm
-from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, PARAM_RECORD, Assembler, Geometry,
+from vit2hw.isa import (FIELDS, INSTR_BITS, INSTR_BYTES, OPCODE_BITS, PARAM_RECORD, RECORD_BYTES, Assembler, Geometry,
                         Instruction, Op, Program, ProgramError, Segment, Target, decode, encode,
                         field_offsets, pack_records, pack_rows, unpack_rows, WAIT_FIELD, WAIT_POS)
 
@@ -152,6 +152,39 @@ def test_records_and_rows_pack_little_endian():
     assert rec[:4] == (-2).to_bytes(4, "little", signed=True) and rec[6] == 4 and rec[8:10] == b"\xfb\xff"
     with pytest.raises(ProgramError):
         pack_records(PARAM_RECORD, 1, m=1 << 15)
+
+
+def test_quad_records_hold_four_24_bit_biases_and_refuse_what_does_not_fit():
+    """A PARAM_QUAD_RECORD is 16 bytes: row k's bias in bytes 3k..3k+2 (24-bit two's
+    complement), m, s and an int8 zero point after them; the extremes round-trip, a bias of
+    ±2^23 or a zero point outside int8 is refused (the scheduler then keeps bias_pairs)."""
+    from vit2hw.isa import pack_quad_records, quad_biases_fit, unpack_quad_records
+    lim = 1 << 23
+    bias = np.array([[-lim], [lim - 1], [-1], [5]])
+    raw = pack_quad_records(bias, -3, 40, -128)
+    assert len(raw) == RECORD_BYTES and raw[:3] == b"\x00\x00\x80" and raw[3:6] == b"\xff\xff\x7f"
+    assert raw[12:14] == (-3).to_bytes(2, "little", signed=True) and raw[14] == 40 and raw[15] == 0x80
+    got = unpack_quad_records(np.frombuffer(raw, np.uint8))
+    assert got["bias"].tolist() == [-lim, lim - 1, -1, 5] and (got["m"], got["s"], got["zp"]) == (-3, 40, -128)
+    assert quad_biases_fit(bias, [127]) and not quad_biases_fit([[lim]], 0) and not quad_biases_fit([[0]], [128])
+    with pytest.raises(ProgramError, match="24-bit"):
+        pack_quad_records(np.array([[lim], [0], [0], [0]]), 1, 1, 0)
+
+
+def test_bias_quads_needs_per_row_biases_and_four_rows_to_a_line():
+    """GEMM bias_quads is refused without bias_per_row, together with bias_pairs, or on an
+    array whose rows are not a multiple of four (a tile's rows would split a line)."""
+    asm = Assembler(Geometry.from_config(SMALL))
+    kw = dict(a_addr=0, b_addr=0, o_addr=0, p_addr=0)
+    assert asm.gemm(8, 4, 4, bias_per_row=True, bias_quads=True, **kw)["bias_quads"] == 1
+    for bad in (dict(bias_quads=True), dict(bias_per_row=True, bias_pairs=True, bias_quads=True)):
+        with pytest.raises(ProgramError, match="bias_quads"):
+            asm.gemm(8, 4, 4, **bad, **kw)
+    six = Assembler(Geometry.from_config(AcceleratorConfig(name="r6", rows=6, cols=4, vector_lanes=4,
+                                                           act_buf_bytes=6 * 4 * 64, weight_buf_bytes=4 * 4 * 64,
+                                                           out_buf_bytes=16 * 64, mem_bus_bits=32)))
+    with pytest.raises(ProgramError, match="multiple of four"):
+        six.gemm(6, 4, 4, bias_per_row=True, bias_quads=True, **kw)
 
 
 def test_geometry_rejects_unsupported_buses():

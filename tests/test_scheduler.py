@@ -8,6 +8,8 @@ capacity errors, per-instruction node attribution, cycle bookkeeping and determi
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 
 import numpy as np
@@ -71,20 +73,40 @@ def test_codes(digits_test):
 ODD = AcceleratorConfig(name="odd5x8", rows=5, cols=8, vector_lanes=8, act_buf_bytes=5 * 8 * 24,
                         weight_buf_bytes=8 * 8 * 24, out_buf_bytes=8 * 4 * 48, mem_bus_bits=64,
                         max_tokens=32, max_channels=128)
+#: even, not a multiple of four: two rows to a P line (bias_pairs, no bias_quads)
+SIX = dataclasses.replace(ODD, name="six6x8", rows=6, act_buf_bytes=6 * 8 * 24)
 
 
-@pytest.mark.parametrize("cfg", [get_preset("default"), SMALL, ODD], ids=["default16x16", "small4x8", "odd5x8"])
+def _per_token_layout(sp) -> set[str]:
+    """How the patch embedding's GEMMs lay their per-token biases out in P."""
+    return {"quads" if i["bias_quads"] else "pairs" if i["bias_pairs"] else "rows" if i["bias_per_row"] else "none"
+            for i, n in zip(sp.program.instructions, sp.per_instr_layer) if i.op == Op.GEMM and n == "patch_embed"}
+
+
+@pytest.mark.parametrize("cfg", [get_preset("default"), SMALL, SIX, ODD], ids=["default16x16", "small4x8", "six6x8",
+                                                                                "odd5x8"])
 def test_log2_program_bit_exact(digits_log2, test_codes, cfg):
     """The scheduled program, run by the ISA interpreter, gives exactly the reference logits
-    (the patch embedding's per-token bias two rows to a P line on the even arrays, one on
-    the odd one)."""
+    (the patch embedding's per-token bias four rows to a P line where the rows are a multiple
+    of four, two on the other even array, one on the odd one)."""
     g = digits_log2
     assert g.nodes["blocks.0.attn.softmax"].attrs.get("mode", "log2") == "log2"
     sp, got = _run_images(g, cfg, test_codes)
-    pairs = [ins["bias_pairs"] for ins in sp.program.instructions if ins.op == Op.GEMM and ins["bias_per_row"]]
-    assert pairs and set(pairs) == {int(cfg.rows % 2 == 0)}
+    assert _per_token_layout(sp) == {"quads" if cfg.rows % 4 == 0 else "pairs" if cfg.rows % 2 == 0 else "rows"}
     want = run_graph(g, test_codes)[g.outputs[0]]
     np.testing.assert_array_equal(got, want)
+
+
+def test_per_token_biases_wider_than_24_bits_keep_bias_pairs(digits_log2, test_codes):
+    """A per-token bias outside 24 bits cannot go into a quad record: the scheduler lays the
+    patch embedding's biases out two rows to a P line instead, still bit-exact."""
+    g = copy.deepcopy(digits_log2)
+    bias = g.nodes["patch_embed"].consts["bias"]
+    assert bias.ndim == 2
+    bias[3, 1] = 1 << 24
+    sp, got = _run_images(g, SMALL, test_codes)
+    assert _per_token_layout(sp) == {"pairs"}
+    np.testing.assert_array_equal(got, run_graph(g, test_codes)[g.outputs[0]])
 
 
 def test_uniform_attention_program_bit_exact(digits_uniform, test_codes):

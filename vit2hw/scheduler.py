@@ -7,8 +7,9 @@ topological order) become instructions of :mod:`vit2hw.isa`:
 ``linear``      tiled GEMM (:mod:`vit2hw.tiling`): A = activations (row-major), B = the weight's
                 [out, in] rows, requantization records per column in P (MUL8; SHIFT for
                 4-bit Shift-Log2 inputs). The patch embedding's per-token bias uses one
-                record per output element (``bias_per_row``), two output rows to a P line
-                (``bias_pairs``) on an array with an even number of rows.
+                record per output element (``bias_per_row``), four output rows to a P line
+                (``bias_quads``: 24-bit biases) on an array whose rows are a multiple of four
+                when the biases fit, else two (``bias_pairs``) on an even number of rows.
                 A linear whose output is the V of an attention is computed *transposed*
                 (Vᵀ = Wᵀ·Xᵀ: A = weight rows, B = token rows, one record per output row,
                 ``C`` records to a P line: GEMM ``row_params``),
@@ -53,8 +54,8 @@ from vit2hw.cyclemodel import program_cycles
 from vit2hw.hazards import assign_waits, v_half_lines
 from vit2hw.reorder import TIE_RULES, WINDOWS, reorder
 from vit2hw.isa import (FIELDS, LN_RECORD, LUT_RECORD, PARAM_RECORD, RECORD_BYTES, RES_RECORD, Assembler,
-                        Geometry, GemmMode, Op, Program, Segment, SoftmaxMode, Target, pack_records, pack_rows,
-                        store_row_words, unpack_rows)
+                        Geometry, GemmMode, Op, Program, Segment, SoftmaxMode, Target, pack_quad_records,
+                        pack_records, pack_rows, quad_biases_fit, store_row_words, unpack_rows)
 from vit2hw.memplan import MemoryPlan, Region, element_bytes
 from vit2hw.tiling import TileError, choose_blocking, resident_param_lines
 
@@ -63,6 +64,11 @@ __all__ = ["Placement", "ScheduledProgram", "GemmInfo", "schedule", "write_input
 
 #: the SOFTMAX field selecting the uniform 8-bit probability mode (value 1), once the ISA has it
 SOFTMAX_MODE_FIELD = "mode"
+
+
+#: output rows sharing a P line in each per-element parameter layout (GEMM bias_per_row,
+#: with bias_pairs, with bias_quads)
+_ROWS_PER_P_LINE = {"elem": 1, "elem2": 2, "elem4": 4}
 
 
 def _ceil(a: int, b: int) -> int:
@@ -197,9 +203,10 @@ class _Matrix:
 
 @dataclass(frozen=True)
 class _Params:
-    kind: str       # "col", "elem", "elem2", "row", "rowrec" (see tiling.choose_blocking)
+    kind: str       # "col", "elem", "elem2", "elem4", "row", "rowrec" (see tiling.choose_blocking)
     addr: int
-    line_stride: int  # bytes between consecutive row groups ("elem": one output row's lines, "elem2": a pair's)
+    line_stride: int  # bytes between consecutive row groups ("elem": one output row's lines, "elem2": a pair's,
+                      # "elem4": four rows')
 
 
 @dataclass(frozen=True)
@@ -472,6 +479,13 @@ class _Scheduler:
         return pack_records(PARAM_RECORD, total, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp),
                             bias1=pad(bias1))
 
+    def quad_lines(self, ncols: int, bias4, m, s, zp) -> bytes:
+        """:meth:`param_lines` for GEMM ``bias_quads``: the biases of four rows (``bias4``
+        [4, ncols]) in :data:`~vit2hw.isa.PARAM_QUAD_RECORD`s."""
+        total = _ceil(ncols, self.g.cols) * self.g.cols
+        pad = lambda v: np.pad(np.broadcast_to(np.asarray(v, np.int64), (ncols,)), (0, total - ncols))
+        return pack_quad_records(np.stack([pad(b) for b in bias4]), pad(m), pad(s), pad(zp))
+
     def blocking(self, m: int, n: int, k_beats: int, kind: str, what: str, b_lines: int = 0):
         """``(blocking, double buffered, geometry it was chosen on)``: double buffering (each
         scratchpad as two halves; B: ``b_lines``, e.g. a weight region, else a half) when a
@@ -529,8 +543,8 @@ class _Scheduler:
                                       double)
             elif params.kind == "col":
                 p_sp = self.load_half(Target.P, params.addr + (c0 // C) * lineb, tnb, 1, lineb, double)
-            elif params.kind in ("elem", "elem2"):
-                per = 2 if params.kind == "elem2" else 1
+            elif params.kind in _ROWS_PER_P_LINE:
+                per = _ROWS_PER_P_LINE[params.kind]
                 p_sp = self.load_half(Target.P, params.addr + r0 // per * params.line_stride + (c0 // C) * lineb,
                                       _ceil(tmb * R, per), tnb, params.line_stride, double)
             else:
@@ -584,7 +598,8 @@ class _Scheduler:
                                        ebytes=eb))
             else:
                 self.asm.gemm(rows, cols, k_beats, a_addr=a_sp, b_addr=b_sp, o_addr=o_sp, p_addr=p_sp,
-                              bias_per_row=params.kind in ("elem", "elem2"), bias_pairs=params.kind == "elem2",
+                              bias_per_row=params.kind in _ROWS_PER_P_LINE, bias_pairs=params.kind == "elem2",
+                              bias_quads=params.kind == "elem4",
                               **common)
                 stores.append(dict(target=Target.O, ext_addr=ext, rows=rows, row_lines=tnb, spad_addr=o_sp,
                                    row_elems=cols, ext_stride=out.stride, ebytes=eb))
@@ -674,7 +689,12 @@ class _Scheduler:
                 full = np.zeros((mt * self.g.rows, bias.shape[1]), np.int64)
                 full[:bias.shape[0]] = bias
                 lstride = _ceil(mcols, self.g.cols) * self.g.cols * RECORD_BYTES
-                if self.g.rows % 2 == 0:        # two rows to a P line: half the parameter traffic
+                if self.g.rows % 4 == 0 and quad_biases_fit(full, ys.zero_point):
+                    # four rows to a P line (24-bit biases): a quarter of the parameter traffic
+                    blob = b"".join(self.quad_lines(mcols, full[i:i + 4], c["m"], c["s"], ys.zero_point)
+                                    for i in range(0, len(full), 4))
+                    kind = "elem4"
+                elif self.g.rows % 2 == 0:        # two rows to a P line: half the parameter traffic
                     blob = b"".join(self.param_lines(mcols, full[i], c["m"], c["s"], ys.zero_point, full[i + 1])
                                     for i in range(0, len(full), 2))
                     kind = "elem2"

@@ -66,7 +66,8 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
     how much the rest of the program overlaps, so the scheduler tries both.
 
     ``params`` is ``"col"`` (one P line per column tile), ``"elem"`` (one P line per output
-    row and column tile), ``"elem2"`` (one per pair of output rows and column tile: GEMM
+    row and column tile), ``"elem4"`` (one per four output rows and column tile: GEMM
+    ``bias_quads``), ``"elem2"`` (one per pair of output rows and column tile: GEMM
     ``bias_pairs``), ``"row"`` (one P line per output row; one GEMM per column tile) or
     ``"rowrec"`` (one record per output row, ``C`` to a P line, so a row block must start on a
     line: ``tm·R`` a multiple of ``C`` unless one block holds every row).
@@ -93,7 +94,8 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
                 continue
             if params == "rowrec" and tm < mt and (tm * R) % C:
                 continue
-            p_lines = whole_p or {"col": tn, "elem": tm * R * tn, "elem2": _ceil(tm * R, 2) * tn, "row": tm * R,
+            p_lines = whole_p or {"col": tn, "elem": tm * R * tn, "elem2": _ceil(tm * R, 2) * tn,
+                                  "elem4": _ceil(tm * R, 4) * tn, "row": tm * R,
                                   "rowrec": _ceil(tm * R, C)}[params]
             if p_lines > g.p_depth:
                 continue
@@ -113,7 +115,7 @@ def choose_blocking(g: Geometry, m: int, n: int, k_beats: int, params: str, what
                 else:
                     b_loads = n_cb
                     a_loads = 1 if n_rb == 1 else blocks
-                p_loads = 1 if whole_p else {"elem": blocks, "elem2": blocks, "col": b_loads, "row": a_loads,
+                p_loads = 1 if whole_p else {"elem": blocks, "elem2": blocks, "elem4": blocks, "col": b_loads, "row": a_loads,
                                              "rowrec": a_loads}[params]
                 loads = a_loads * a_cost + b_loads * b_cost + p_loads * p_cost
                 if overlap and blocks > 1:
