@@ -161,6 +161,14 @@ _PER_COL = {"dsp": 0.0, "lut": (99826 - 97515) / 16, "ff": (55936 - 55925) / 16}
 #: select (GemmEngine of the default configuration alone, Yosys xc7: 51 407 → 51 985 LUT,
 #: 36 785 → 36 793 FF)
 _PER_COL_SINCE_TOP = {"dsp": 0.0, "lut": (51985 - 51407) / 16, "ff": (36793 - 36785) / 16}
+#: measured since then, per array column: the drain's four-row bias select and the quad
+#: record's M, S and zero point (GemmEngine of the default configuration alone, Yosys xc7:
+#: 51 805 → 54 553 LUT, 36 973 → 36 975 FF), and the B and P write ports' select between the
+#: two DMA engines (LOAD ``on_dma``; the two multiplexers alone, Yosys xc7: 2 168 LUT with
+#: 16 columns on a 64-bit bus, 6 328 with 48 on a 128-bit bus: 130 per column and 88 once)
+_PER_COL_QUADS = {"dsp": 0.0, "lut": (54553 - 51805) / 16, "ff": (36975 - 36973) / 16}
+_PER_COL_WRITE_SELECT = {"dsp": 0.0, "lut": (6328 - 2168) / 32, "ff": 0.0}
+_FIXED_WRITE_SELECT = {"dsp": 0, "lut": 2168 - 16 * (6328 - 2168) // 32, "ff": 0}
 #: measured since then, once per accelerator: the GEMM engine's second drain context (two
 #: context registers, the row pipeline's table flag and end mark, the in-flight count), the
 #: same GemmEngine alone: 51 985 → 51 675 LUT (the drain now decodes its fields from a
@@ -203,6 +211,11 @@ _TOP_SPAD_BYTES = 655360
 _BRAM_PER_LANE = (_TOP_REF["bram"] - _TOP_SPAD_BYTES / _BRAM36_BYTES) / _TOP_REF["lanes"]
 
 
+def _per_col(kind: str) -> float:
+    """Everything beside the array measured per array column."""
+    return sum(d[kind] for d in (_PER_COL, _PER_COL_SINCE_TOP, _PER_COL_QUADS, _PER_COL_WRITE_SELECT))
+
+
 def estimate_resources(config) -> dict[str, Any]:
     """Analytic FPGA resources of ``config``: array + requantizer scaled from the measured
     16×16 synthesis, the drain per column and the rest per vector lane from the measured
@@ -214,10 +227,10 @@ def estimate_resources(config) -> dict[str, Any]:
     ff_pe = array_ref["ff"] / array_ref["pes"]
     est = {
         "dsp": round(pes + 2 * cols + _PER_LANE["dsp"] * lanes),
-        "lut": round(lut_pe * pes + (_PER_COL["lut"] + _PER_COL_SINCE_TOP["lut"]) * cols + _PER_LANE["lut"] * lanes
-                     + _FIXED_SINCE_TOP["lut"]),
-        "ff": round(ff_pe * pes + (_PER_COL["ff"] + _PER_COL_SINCE_TOP["ff"]) * cols + _PER_LANE["ff"] * lanes
-                    + _FIXED_SINCE_TOP["ff"]),
+        "lut": round(lut_pe * pes + _per_col("lut") * cols + _PER_LANE["lut"] * lanes
+                     + _FIXED_SINCE_TOP["lut"] + _FIXED_WRITE_SELECT["lut"]),
+        "ff": round(ff_pe * pes + _per_col("ff") * cols + _PER_LANE["ff"] * lanes
+                    + _FIXED_SINCE_TOP["ff"] + _FIXED_WRITE_SELECT["ff"]),
         "bram": round(_spad_bram36(config) + _BRAM_PER_LANE * lanes, 1),
     }
     dev = config.target
@@ -230,8 +243,9 @@ def estimate_resources(config) -> dict[str, Any]:
                  + "; the drain tables per column and "
                  "everything else per vector lane from the measured whole default accelerator (454 DSP, "
                  "101861 LUT, 56809 FF, 168.5 BRAM36 with 16 columns and 16 lanes) plus the measured growth "
-                 "of its softmax and LayerNorm units (2083 LUT, 226 FF) and of the GEMM drain's paired-row "
-                 "bias select (36 LUT per column) since; scratchpads as BRAM36, "
+                 "of its softmax and LayerNorm units (2083 LUT, 226 FF), of the GEMM drain's paired- and "
+                 "four-row bias selects (36 and 172 LUT per column) and of the B/P write-port select "
+                 "between the two DMA engines (130 LUT per column, 88 once) since; scratchpads as BRAM36, "
                  "one copy per read port (A, B, P 1; O 2; V 3)",
         "device": dev.name, "estimate": est, "capacity": cap,
         "fraction": {k: round(est[k] / cap[k], 4) for k in est},
