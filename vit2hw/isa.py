@@ -174,8 +174,8 @@ FIELDS: dict[Op, tuple[Field, ...]] = {op: tuple(_f(s) for s in specs) for op, s
     Op.FENCE: (),
     Op.LOAD: ("target:u3", "ebytes_log2:u2", "ext_addr:u32", "ext_stride:u32", "rows:u16",
               "row_lines:u16", "spad_addr:u24",
-              # appended: a LOAD into B or P runs on the DMA engine (port ``mem``) instead of
-              # the weight DMA, when that one is busy and the DMA engine is not
+              # appended (bit 133): a LOAD into B or P runs on the DMA engine (port ``mem``)
+              # instead of the weight DMA (ISA version 8)
               "on_dma:u1"),
     Op.STORE: ("target:u3", "ebytes_log2:u2", "ext_addr:u32", "ext_stride:u32", "rows:u16",
                "row_lines:u16", "spad_addr:u24", "row_elems:u16",
@@ -267,7 +267,7 @@ class Instruction:
 
     def with_wait(self, mask: int) -> "Instruction":
         """The same instruction with its ``wait`` field set to ``mask``."""
-        return Instruction.make(self.op, **{**dict(self.args), WAIT_FIELD.name: mask})
+        return self.with_fields(**{WAIT_FIELD.name: mask})
 
     def to_json(self) -> dict[str, Any]:
         return {"op": self.op.name, **dict(self.args)}
@@ -539,6 +539,7 @@ for _dt in (PARAM_RECORD, LN_RECORD, RES_RECORD, LUT_RECORD):
 #: int8 zero point; for per-token biases (the position embedding folded into the patch
 #: embedding's bias) that fit, it halves the P traffic of ``bias_pairs``
 PARAM_QUAD_RECORD = np.dtype([("b", "V12"), ("m", "<i2"), ("s", "u1"), ("zp", "i1")])
+assert PARAM_QUAD_RECORD.itemsize == RECORD_BYTES
 QUAD_BIAS_BITS = 24
 
 

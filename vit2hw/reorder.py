@@ -78,18 +78,18 @@ WINDOWS = (64, 80)
 
 
 def reorder(instructions: Sequence[Instruction], g: Geometry, mem_latency: int = 1,
-            window: int = 64, tie: str = "chain", move_loads: bool = True) -> tuple[list[int], list[Instruction]]:
+            window: int = 64, tie: str = "chain") -> tuple[list[int], list[Instruction]]:
     """A dependency-preserving order of ``instructions``: the indices into it, and the
     instructions in that order. ``tie`` picks among instructions that would issue in the
-    same cycle (see the module docstring). With ``move_loads`` a LOAD into B or P that the
-    DMA engine would start sooner than the weight DMA goes to the DMA engine (its
-    ``on_dma`` bit set in the returned instructions)."""
+    same cycle (see the module docstring). A LOAD into B or P that the DMA engine would
+    start sooner than the weight DMA goes to the DMA engine (its ``on_dma`` bit set in the
+    returned instructions)."""
     if tie not in TIE_RULES:
         raise ValueError(f"tie must be one of {TIE_RULES}, got {tie!r}")
     n = len(instructions)
     instructions = list(instructions)
     info = [_Info(ins, g) for ins in instructions]
-    movable = [move_loads and ins.op == Op.LOAD and Target(ins["target"]) in DMA_CAPABLE and info[i].engine == Engine.WDMA
+    movable = [ins.op == Op.LOAD and Target(ins["target"]) in DMA_CAPABLE and info[i].engine == Engine.WDMA
                for i, ins in enumerate(instructions)]
     cost = [0 if info[i].engine is None else engine_cycles(ins, g, mem_latency)
             for i, ins in enumerate(instructions)]

@@ -71,6 +71,11 @@ SOFTMAX_MODE_FIELD = "mode"
 _ROWS_PER_P_LINE = {"elem": 1, "elem2": 2, "elem4": 4}
 
 
+def _pad_columns(v, ncols: int, total: int) -> np.ndarray:
+    """A per-column value (or a scalar) for ``ncols`` columns, zero-padded to ``total``."""
+    return np.pad(np.broadcast_to(np.asarray(v, np.int64), (ncols,)), (0, total - ncols))
+
+
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -472,10 +477,8 @@ class _Scheduler:
     def param_lines(self, ncols: int, bias, m, s, zp, bias1=0) -> bytes:
         """Records for ``ncols`` columns, padded to whole column tiles (one line per tile);
         ``bias1``: the second row's bias of a GEMM ``bias_pairs`` line."""
-        C = self.g.cols
-        total = _ceil(ncols, C) * C
-        pad = lambda v: np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (ncols,)),
-                                        np.zeros(total - ncols, np.int64)])
+        total = _ceil(ncols, self.g.cols) * self.g.cols
+        pad = lambda v: _pad_columns(v, ncols, total)
         return pack_records(PARAM_RECORD, total, bias=pad(bias), m=pad(m), s=pad(s), zp=pad(zp),
                             bias1=pad(bias1))
 
@@ -483,7 +486,7 @@ class _Scheduler:
         """:meth:`param_lines` for GEMM ``bias_quads``: the biases of four rows (``bias4``
         [4, ncols]) in :data:`~vit2hw.isa.PARAM_QUAD_RECORD`s."""
         total = _ceil(ncols, self.g.cols) * self.g.cols
-        pad = lambda v: np.pad(np.broadcast_to(np.asarray(v, np.int64), (ncols,)), (0, total - ncols))
+        pad = lambda v: _pad_columns(v, ncols, total)
         return pack_quad_records(np.stack([pad(b) for b in bias4]), pad(m), pad(s), pad(zp))
 
     def blocking(self, m: int, n: int, k_beats: int, kind: str, what: str, b_lines: int = 0):
