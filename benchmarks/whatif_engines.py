@@ -11,8 +11,9 @@ exposed today". Nothing here changes the compiler: the scaling is applied to
     python benchmarks/whatif_engines.py DIR/graph --target zcu102 \\
         dma=0.5,wdma=0.5 dma=0.5,wdma=0.5,vector=0.5 store_to_a=0
 
-Kinds: ``dma`` (activation LOADs and STOREs to memory), ``store_to_a`` (STOREs into A),
-``wdma`` (weight and constant LOADs), ``vector`` (LayerNorm, softmax, LUT, residual add,
+Kinds: ``dma`` (the DMA engine's LOADs and STOREs to memory: activations, and the LOADs into
+B or P the reordering hands it, ``on_dma``), ``store_to_a`` (STOREs into A), ``wdma`` (the
+weight DMA's LOADs of weights and constants), ``vector`` (LayerNorm, softmax, LUT, residual add,
 MOVE), ``gemm``. A factor of 0 makes that work take one cycle.
 """
 
