@@ -245,10 +245,10 @@ class _Residency:
 
 
 class _Halves:
-    """Double buffering: each of A, B and P is used as two halves, taken in turn, so the
-    DMA engine fills one half while a GEMM works on the other; O is a ring of GEMM outputs
-    (:meth:`take_o`), so the DMA or the vector engine drains earlier outputs while a GEMM
-    writes the next.
+    """Double buffering: each of A and B is used as two halves, taken in turn, so the DMA
+    engines fill one half while a GEMM works on the other; each half of O and of P is a ring
+    (:meth:`take_ring`), so the DMA or the vector engine drains earlier outputs while a GEMM
+    writes the next, and small parameter blocks load ahead of the GEMMs that read them.
     The ``wait`` fields (:mod:`vit2hw.hazards`) keep any reuse correct; the alternation is
     what lets the engines overlap."""
 
@@ -265,6 +265,15 @@ class _Halves:
 
     def flip(self, target: Target) -> None:
         self.turn[target] ^= 1
+
+    def take(self, target: Target, lines: int) -> int:
+        """The first line of the next block of ``lines`` lines of ``target``: the next place
+        in its ring for O and P, the next half for A and B."""
+        if target in self.ring:
+            return self.take_ring(target, lines)
+        at = self.base(target)
+        self.flip(target)
+        return at
 
     def take_o(self, lines: int) -> int:
         """The first of ``lines`` O lines for the next GEMM's output (:meth:`take_ring`).
@@ -375,12 +384,7 @@ class _Scheduler:
         held = self.res.lookup(target, (ext_addr, ext_stride, rows, row_lines, 1))
         if held is not None:
             return held
-        if target == Target.P and double:
-            spad = self.halves.take_ring(target, rows * row_lines)
-        else:
-            spad = self.halves.base(target) if double else 0
-            if double:
-                self.halves.flip(target)
+        spad = self.halves.take(target, rows * row_lines) if double else 0
         return self.load(target, ext_addr, rows, row_lines, spad, ext_stride)
 
     def weight_region_lines(self) -> int:
